@@ -1,0 +1,3 @@
+from .tokenizer import tokenize
+
+__all__ = ['tokenize']
