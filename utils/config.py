@@ -1,0 +1,241 @@
+"""YAML configs (OmegaConf) with `_base_` inheritance and a strict key check.
+
+Every key a config file (or `--opts`) sets must exist in ``configs/default.yml``; keys under ``model`` must be
+constructor arguments of the registered model class named by the section's ``type``. Anything else raises
+ONE ``ConfigError`` naming the key and the file, with the closest valid key as a suggestion.
+"""
+import difflib
+import inspect
+import os
+import os.path as osp
+from functools import lru_cache
+from typing import Dict, List, Optional, Sequence, Set
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
+SCHEMA_FILES = ('default.yml', 'default_pgseg.yml')
+# sections whose children are user-chosen names (dataset names); each child follows the union of the defaults' children
+OPEN_SECTIONS = ('data.dataset.meta', )
+
+
+class ConfigError(ValueError):
+    """A config file or override is unreadable or names a key that does not exist."""
+
+
+def _read_yaml(path: str) -> DictConfig:
+    if not osp.isfile(path):
+        raise ConfigError(f'config file not found: {path}')
+    try:
+        cfg = OmegaConf.load(path)
+    except (OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError, OSError) as e:
+        raise ConfigError(f'cannot parse {path}: {type(e).__name__}: {str(e).splitlines()[0]}') from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f'{path}: top level must be a mapping, got a list')
+    return cfg
+
+
+def _collect_files(path: str, stack: Sequence[str] = ()) -> List[tuple]:
+    """-> [(path, raw DictConfig without `_base_`)] in merge order: bases first (recursively), the file last."""
+    if osp.abspath(path) in stack:
+        raise ConfigError(f'{path}: circular _base_ chain')
+    raw = _read_yaml(path)
+    bases = raw.pop('_base_', None)
+    if bases is None:
+        bases = []
+    elif isinstance(bases, str):
+        bases = [bases]
+    elif not isinstance(bases, ListConfig) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f'{path}: _base_ must be a file name or a list of file names')
+    files = []
+    for base in bases:
+        files.extend(_collect_files(osp.normpath(osp.join(osp.dirname(path), base)), (*stack, osp.abspath(path))))
+    files.append((path, raw))
+    return files
+
+
+@lru_cache()
+def _schema() -> dict:
+    """Nested dict of every known non-model key, built from the default config files."""
+    merged = OmegaConf.merge(*(raw for name in SCHEMA_FILES for _, raw in _collect_files(osp.join(CONFIG_DIR, name))))
+    return OmegaConf.to_container(merged, resolve=False)
+
+
+def _suggest(key: str, choices: Set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ''
+
+
+def _unknown(path: str, key: str, allowed: Set[str], source: str) -> ConfigError:
+    return ConfigError(f"unknown key '{path}' in {source}{_suggest(key, allowed)}")
+
+
+def _model_registry():
+    """-> the model registry, or None when the models package does not exist (yet)."""
+    try:
+        from models.builder import MODELS
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split('.')[0] == 'models':
+            return None
+        raise
+    return MODELS
+
+
+def _published_model_keys() -> Dict[str, Set[str]]:
+    """type -> keys used for it in configs/*.yml; the fallback schema while models/ is not importable."""
+    keys: Dict[str, Set[str]] = {}
+
+    def walk(node):
+        if isinstance(node, dict) and isinstance(node.get('type'), str):
+            keys.setdefault(node['type'], set()).update(node)
+            for value in node.values():
+                walk(value)
+
+    for name in sorted(os.listdir(CONFIG_DIR)):
+        if name.endswith('.yml'):
+            walk(OmegaConf.to_container(_read_yaml(osp.join(CONFIG_DIR, name)), resolve=False).get('model'))
+    return keys
+
+
+def model_types() -> Set[str]:
+    registry = _model_registry()
+    return set(_published_model_keys() if registry is None else registry.keys())
+
+
+def model_keys(type_name: str, source: str) -> Optional[Set[str]]:
+    """Constructor arguments (+ 'type') of the registered model class; None when it takes **kwargs."""
+    if type_name not in model_types():
+        raise ConfigError(f"unknown model type '{type_name}' in {source}{_suggest(type_name, model_types())}")
+    registry = _model_registry()
+    if registry is None:
+        return _published_model_keys()[type_name]
+    params = inspect.signature(registry[type_name].__init__).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.name != 'self' and p.kind != p.VAR_POSITIONAL} | {'type'}
+
+
+def _check_model(node: dict, merged, path: str, source: str) -> None:
+    """node: keys set by one file under `path`; merged: the final merged section (gives its `type`)."""
+    type_name = merged.get('type') if isinstance(merged, dict) else None
+    if type_name is None:
+        raise ConfigError(f"'{path}' has no 'type' in {source} or its bases")
+    if node.get('type') != type_name and type_name not in model_types():
+        return  # the file that sets the unknown type reports it
+    allowed = model_keys(type_name, source)
+    for key, value in node.items():
+        if allowed is not None and key not in allowed:
+            raise _unknown(f'{path}.{key}', key, allowed, source)
+        sub = merged.get(key)
+        if isinstance(value, dict) and isinstance(sub, dict) and 'type' in sub:
+            _check_model(value, sub, f'{path}.{key}', source)
+
+
+def _check_section(node: dict, schema: dict, merged: dict, prefix: str, source: str) -> None:
+    for key, value in node.items():
+        path = f'{prefix}{key}'
+        if path == 'model':
+            if value is not None:
+                _check_model(value, merged.get('model'), 'model', source)
+            continue
+        if prefix.rstrip('.') in OPEN_SECTIONS:
+            entry_schema = {k: None for entry in schema.values() if isinstance(entry, dict) for k in entry}
+            _check_value(value, entry_schema, path, source)
+            if isinstance(value, dict):
+                _check_section(value, entry_schema, {}, f'{path}.', source)
+            continue
+        if key not in schema:
+            raise _unknown(path, key, set(schema), source)
+        _check_value(value, schema[key], path, source)
+        if isinstance(value, dict) and isinstance(schema[key], dict):
+            sub = merged.get(key) if isinstance(merged, dict) else None
+            _check_section(value, schema[key], sub if isinstance(sub, dict) else {}, f'{path}.', source)
+
+
+def _check_value(value, expected, path: str, source: str) -> None:
+    if isinstance(expected, dict) and not isinstance(value, dict) and value is not None:
+        raise ConfigError(f"'{path}' in {source} must be a mapping, got {value!r}")
+    if expected is not None and not isinstance(expected, dict) and isinstance(value, dict):
+        raise ConfigError(f"'{path}' in {source} is a single value in configs/default.yml, got a mapping")
+
+
+def validate(node: DictConfig, merged: DictConfig, source: str) -> None:
+    """Raise ConfigError for the first key of `node` (one file or the --opts) that the schema does not know."""
+    plain = OmegaConf.to_container(node, resolve=False)
+    _check_section(plain, _schema(), OmegaConf.to_container(merged, resolve=False), '', source)
+
+
+def _check_resolves(cfg: DictConfig, source: str) -> None:
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f'{source}: {str(e).splitlines()[0]}') from None
+
+
+def load_config(path: str) -> DictConfig:
+    """Load `path` with its `_base_` files merged (later files override earlier ones) and every key checked."""
+    files = _collect_files(str(path))
+    cfg = OmegaConf.merge(*(raw for _, raw in files))
+    for file_path, raw in files:
+        validate(raw, cfg, file_path)
+    _check_resolves(cfg, str(path))
+    return cfg
+
+
+def parse_opts(opts: Optional[Sequence[str]]) -> DictConfig:
+    """['a.b=1', 'c.d', 'x y'] -> {a: {b: 1}, c: {d: 'x y'}}: 'key=value' items or 'key' 'value' pairs."""
+    dotlist, items, i = [], list(opts or []), 0
+    while i < len(items):
+        item = items[i]
+        if '=' in item:
+            dotlist.append(item)
+            i += 1
+            continue
+        if i + 1 >= len(items):
+            raise ConfigError(f"--opts: key '{item}' has no value (use key=value or 'key value')")
+        dotlist.append(f'{item}={items[i + 1]}')
+        i += 2
+    try:
+        return OmegaConf.from_dotlist(dotlist)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f'--opts: {str(e).splitlines()[0]}') from None
+
+
+def _arg(args, name: str):
+    return getattr(args, name, None)
+
+
+def get_config(args) -> DictConfig:
+    """Config for a run: args.cfg + args.opts + command-line overrides; output = output/model_name/tag.
+
+    args may carry: cfg, opts, batch_size, output, tag, resume, amp_opt_level, wandb, keep, eval, vis.
+    model_name becomes '<name or config stem>_bs<batch>x<WORLD_SIZE>' and local_rank comes from $LOCAL_RANK.
+    The result is struct-locked (no new keys) but writable.
+    """
+    cfg = load_config(args.cfg)
+    opts = parse_opts(_arg(args, 'opts'))
+    if len(opts):
+        merged = OmegaConf.merge(cfg, opts)
+        validate(opts, merged, '--opts')
+        cfg = merged
+    overrides = {
+        'batch_size': 'data.batch_size', 'amp_opt_level': 'train.amp_opt_level', 'resume': 'checkpoint.resume',
+        'eval': 'evaluate.eval_only', 'keep': 'checkpoint.max_kept', 'wandb': 'wandb', 'vis': 'vis', 'tag': 'tag',
+    }
+    for arg_name, key in overrides.items():
+        if _arg(args, arg_name):
+            OmegaConf.update(cfg, key, _arg(args, arg_name), merge=False)
+
+    world_size = int(os.environ.get('WORLD_SIZE', 1))
+    stem = osp.splitext(osp.basename(args.cfg))[0]
+    cfg.model_name = f'{cfg.model_name or stem}_bs{cfg.data.batch_size}x{world_size}'
+    root = _arg(args, 'output')
+    if not root:
+        root = 'output' if OmegaConf.is_missing(cfg, 'output') or not cfg.output else cfg.output
+    cfg.output = osp.join(root, cfg.model_name, str(cfg.tag))
+    cfg.local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    _check_resolves(cfg, str(args.cfg))
+    OmegaConf.set_struct(cfg, True)
+    return cfg
