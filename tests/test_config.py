@@ -163,13 +163,28 @@ def test_model_keys_follow_the_registered_constructor(tmp_path, monkeypatch):
         def __init__(self, width, depth=2):
             pass
 
-    monkeypatch.setattr(config_module, '_model_registry', lambda: {'Tiny': Tiny})
+    class TinyPlus(Tiny):
+        def __init__(self, *args, gain=1.0, **kwargs):
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(config_module, '_model_registry', lambda: {'Tiny': Tiny, 'TinyPlus': TinyPlus})
     base = osp.join(CONFIGS, 'default.yml')
-    good = write(tmp_path / 'good.yml', f'_base_: {base}\nmodel:\n  type: Tiny\n  width: 4\n')
+    good = write(tmp_path / 'good.yml', f'_base_: {base}\nmodel:\n  type: TinyPlus\n  width: 4\n  gain: 2\n')
     assert load_config(good).model.width == 4
     bad = write(tmp_path / 'bad.yml', f'_base_: {base}\nmodel:\n  type: Tiny\n  widht: 4\n')
     with pytest.raises(ConfigError, match="'model.widht' in .*bad.yml.*did you mean 'width'"):
         load_config(bad)
+    bad = write(tmp_path / 'bad2.yml', f'_base_: {base}\nmodel:\n  type: TinyPlus\n  gian: 4\n')
+    with pytest.raises(ConfigError, match="'model.gian' in .*bad2.yml.*did you mean 'gain'"):
+        load_config(bad)
+
+
+def test_pgseg_encoder_keys_include_the_forwarded_groupvit_arguments():
+    path = osp.join(CONFIGS, 'pgseg_specific.yml')
+    cfg = get_config(args_for(path, opts=['model.img_encoder.embed_dim=192']))
+    assert cfg.model.img_encoder.embed_dim == 192
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.img_encoder\.embed_dims' in --opts"):
+        get_config(args_for(path, opts=['model.img_encoder.embed_dims=192']))
 
 
 def test_without_models_package_published_keys_are_the_schema(tmp_path, monkeypatch):

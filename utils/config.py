@@ -104,17 +104,27 @@ def model_types() -> Set[str]:
     return set(_published_model_keys() if registry is None else registry.keys())
 
 
-def model_keys(type_name: str, source: str) -> Optional[Set[str]]:
-    """Constructor arguments (+ 'type') of the registered model class; None when it takes **kwargs."""
+def model_keys(type_name: str, source: str) -> Set[str]:
+    """Constructor arguments (+ 'type') of the registered model class."""
     if type_name not in model_types():
         raise ConfigError(f"unknown model type '{type_name}' in {source}{_suggest(type_name, model_types())}")
     registry = _model_registry()
     if registry is None:
         return _published_model_keys()[type_name]
-    params = inspect.signature(registry[type_name].__init__).parameters.values()
-    if any(p.kind == p.VAR_KEYWORD for p in params):
-        return None
-    return {p.name for p in params if p.name != 'self' and p.kind != p.VAR_POSITIONAL} | {'type'}
+    return init_arguments(registry[type_name]) | {'type'}
+
+
+def init_arguments(cls: type) -> Set[str]:
+    """Named __init__ arguments of `cls`, following **kwargs up the class hierarchy (stops at torch/builtins)."""
+    names = set()
+    for klass in cls.__mro__:
+        if '__init__' not in vars(klass) or klass.__module__.split('.')[0] in ('torch', 'builtins'):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names.update(p.name for p in params if p.name != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 def _check_model(node: dict, merged, path: str, source: str) -> None:
@@ -126,7 +136,7 @@ def _check_model(node: dict, merged, path: str, source: str) -> None:
         return  # the file that sets the unknown type reports it
     allowed = model_keys(type_name, source)
     for key, value in node.items():
-        if allowed is not None and key not in allowed:
+        if key not in allowed:
             raise _unknown(f'{path}.{key}', key, allowed, source)
         sub = merged.get(key)
         if isinstance(value, dict) and isinstance(sub, dict) and 'type' in sub:
