@@ -1,0 +1,137 @@
+"""tools/dist_launch.sh, dist_mn_launch.sh, slurm_train.sh: 2-process gloo runs on CPU and usage errors."""
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(REPO, 'tools')
+
+# all-reduces rank + 1 over the group and writes "<world size> <sum> <cfg> <extra>" to <out>/rank<r>.txt
+ALLREDUCE = """
+import argparse, os, torch, torch.distributed as dist
+p = argparse.ArgumentParser()
+p.add_argument('--cfg'); p.add_argument('--out'); p.add_argument('--extra')
+a = p.parse_args()
+dist.init_process_group('nccl' if torch.cuda.is_available() else 'gloo')
+t = torch.tensor([dist.get_rank() + 1.0])
+dist.all_reduce(t)
+with open(os.path.join(a.out, f'rank{dist.get_rank()}.txt'), 'w') as f:
+    f.write(f'{dist.get_world_size()} {t.item():g} {a.cfg} {a.extra}')
+dist.destroy_process_group()
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def job(tmp_path):
+    script, cfg = tmp_path / 'allreduce.py', tmp_path / 'cfg.yml'
+    script.write_text(ALLREDUCE)
+    cfg.write_text('{}\n')
+    env = dict(os.environ, PYTHON=sys.executable, PORT=str(free_port()))
+    return dict(script=str(script), cfg=str(cfg), out=tmp_path, env=env)
+
+
+def start(cmd, env):
+    """Start ``cmd`` in its own process group, so that a hung run can be killed with all its children."""
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def finish(procs, timeout=120):
+    """Wait for ``procs``; kill the process groups of those still running. -> [(returncode, output)]"""
+    results = []
+    try:
+        for p in procs:
+            output = p.communicate(timeout=timeout)[0]
+            results.append((p.returncode, output))
+        return results
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def rank_files(job, world):
+    return [(job['out'] / f'rank{r}.txt').read_text() for r in range(world)]
+
+
+def test_dist_launch_two_processes(job):
+    cmd = [os.path.join(TOOLS, 'dist_launch.sh'), job['script'], job['cfg'], '2', '--out', str(job['out']),
+           '--extra', 'passed']
+    [(rc, output)] = finish([start(cmd, job['env'])])
+    assert rc == 0, output
+    assert rank_files(job, 2) == [f"2 3 {job['cfg']} passed"] * 2
+
+
+def test_dist_mn_launch_two_nodes_on_localhost(job):
+    def node(rank):
+        cmd = [os.path.join(TOOLS, 'dist_mn_launch.sh'), job['script'], job['cfg'], str(rank), '2', '1', '127.0.0.1',
+               '--out', str(job['out'])]
+        return start(cmd, job['env'])
+
+    results = finish([node(0), node(1)])
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert rank_files(job, 2) == [f"2 3 {job['cfg']} None"] * 2
+
+
+def test_slurm_train_sets_rendezvous_from_slurm_variables(job, tmp_path):
+    """Stub srun runs the step once per node with SLURM_* set; stub scontrol resolves the node list."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    stubs = {
+        'srun': """#!/usr/bin/env bash
+echo "$@" > "$SRUN_LOG"
+while [[ $1 == -* ]]; do [[ $1 == --nodes=* ]] && nodes=${1#--nodes=}; shift; done
+for ((i = 0; i < nodes; i++)); do
+    SLURM_NODEID=$i SLURM_NNODES=$nodes SLURM_JOB_NODELIST='node[01-02]' SLURM_JOB_ID=4321 "$@" &
+done
+status=0; for p in $(jobs -p); do wait "$p" || status=1; done; exit $status
+""",
+        'scontrol': '#!/usr/bin/env bash\n[[ "$1 $2 $3" == "show hostnames node[01-02]" ]] && printf "127.0.0.1\\nx\\n"\n',
+    }
+    for name, text in stubs.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    env = dict(job['env'], PATH=f"{bin_dir}:{os.environ['PATH']}", SRUN_LOG=str(tmp_path / 'srun.log'),
+               SRUN_ARGS='--time=00:05:00 --qos=test')
+    cmd = [os.path.join(TOOLS, 'slurm_train.sh'), job['script'], job['cfg'], '2', '1', 'debug', '--out', str(job['out'])]
+    [(rc, output)] = finish([start(cmd, env)])
+    assert rc == 0, output
+    assert rank_files(job, 2) == [f"2 3 {job['cfg']} None"] * 2
+    srun_args = (tmp_path / 'srun.log').read_text().split()
+    for flag in ('--partition=debug', '--nodes=2', '--ntasks-per-node=1', '--gres=gpu:1', '--time=00:05:00'):
+        assert flag in srun_args
+
+
+@pytest.mark.parametrize('script,args,message', [
+    ('dist_launch.sh', [], 'expected at least 3 arguments, got 0'),
+    ('dist_launch.sh', ['{script}', '{cfg}', 'two'], "NPROC must be a positive integer, got 'two'"),
+    ('dist_launch.sh', ['missing.py', '{cfg}', '2'], 'SCRIPT not found: missing.py'),
+    ('dist_launch.sh', ['{script}', 'missing.yml', '2'], 'CONFIG not found: missing.yml'),
+    ('dist_mn_launch.sh', ['{script}', '{cfg}', '0', '2', '8'], 'expected at least 6 arguments, got 5'),
+    ('dist_mn_launch.sh', ['{script}', '{cfg}', '2', '2', '8', 'host'], "NODE_RANK must be in 0..1, got '2'"),
+    ('dist_mn_launch.sh', ['{script}', '{cfg}', '0', '0', '8', 'host'], "NNODES must be a positive integer, got '0'"),
+    ('dist_mn_launch.sh', ['{script}', '{cfg}', '0', '2', 'x', 'host'], "NPROC_PER_NODE must be a positive integer"),
+    ('slurm_train.sh', ['{script}', '{cfg}', '2', '8'], 'expected at least 5 arguments, got 4'),
+    ('slurm_train.sh', ['{script}', '{cfg}', 'two', '8', 'gpu'], "NNODES must be a positive integer, got 'two'"),
+])
+def test_usage_on_wrong_arguments(job, script, args, message):
+    args = [a.format(script=job['script'], cfg=job['cfg']) for a in args]
+    proc = subprocess.run([os.path.join(TOOLS, script), *args], env=job['env'], capture_output=True, text=True,
+                          timeout=30)
+    assert proc.returncode == 2
+    first = proc.stderr.splitlines()[0]
+    assert first.startswith('error: ') and message in first
+    assert f'usage: {os.path.join(TOOLS, script)} SCRIPT CONFIG' in proc.stderr
+    assert not list(job['out'].glob('rank*.txt'))
