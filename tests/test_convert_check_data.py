@@ -92,6 +92,14 @@ def test_clean_data_passes_with_opts(data, tmp_path, capsys):
     assert 'WARN' not in out and 'ERROR' not in out
 
 
+def test_glob_prefix(data, capsys):
+    assert check_data.main([str(data), '--datasets', 'toy', '--opts', 'data.dataset.meta.toy.prefix=toy-*.tar',
+                            'data.dataset.meta.toy.length=7']) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split() == ['toy', '3/3', '7', '7', '2', 'CHECK']
+    assert 'missing' not in out.replace('missing txt', '') and 'usable samples but' not in out
+
+
 def test_no_decode_counts_only(data, capsys):
     check_data.main([str(data), '--no-decode', '--datasets', 'toyval'])
     assert capsys.readouterr().out.splitlines()[1].split() == ['toyval', '1/1', '3', '2', '0', 'CHECK']

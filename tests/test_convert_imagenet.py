@@ -2,7 +2,9 @@
 import glob
 import os
 
+import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 
@@ -92,3 +94,25 @@ def test_devkit_ground_truth_is_refused(flat, tmp_path):
     labels.write_text(''.join(f'{k} {w}\n' for k, w in LABELS.items()))
     with pytest.raises(SystemExit, match='20 images cannot fill --num-shards 50'):
         convert_imagenet.main([str(flat), str(tmp_path / 'shards'), '--labels', str(labels)])
+
+
+def test_eval_loader_reads_every_sample_once(subfolders, tmp_path):
+    from omegaconf import OmegaConf
+
+    from datasets.shards import build_val_loader
+
+    convert_imagenet.main([str(subfolders), str(tmp_path / 'shards'), '--num-shards', '3'])
+    data_cfg = OmegaConf.create({
+        'batch_size': 8, 'num_workers': 0, 'pin_memory': False, 'shuffle_buffer': 0,
+        'dataset': {'meta': {'imagenet': {'type': 'img_cls_pair', 'path': str(tmp_path / 'shards'),
+                                          'prefix': 'imagenet-val-{000000..000002}.tar', 'length': 20}},
+                    'train': [], 'val': ['imagenet']}})
+    targets = []
+    for rank in range(2):
+        loader, length = build_val_loader(data_cfg, lambda img: torch.from_numpy(np.array(img)).permute(2, 0, 1),
+                                          rank=rank, world=2)
+        assert length == 20
+        for batch in loader:
+            assert batch['image'].shape[1:] == (3, 6, 10)
+            targets += batch['target'].tolist()
+    assert sorted(targets) == sorted(WNIDS.index(w) for w in LABELS.values())

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 
@@ -134,3 +136,26 @@ def test_image_folder_gives_the_same_shards(yfcc):
     urls, samples = read_shards(yfcc / 'folder_shards')
     assert len(urls) == 1
     assert {k: s['text'] for k, s in samples.items()} == {photo_hash(pid): c for pid, c in CAPTIONS.items()}
+
+
+def test_training_loader_reads_the_shards(yfcc):
+    from omegaconf import OmegaConf
+
+    from datasets.shards import build_train_data
+
+    create_subset.main(['--input-dir', str(yfcc / 'meta'), '--output-dir', str(yfcc / 'subset'),
+                        '--subset', str(yfcc / 'yfcc100m_subset_data.tsv')])
+    convert_yfcc14m.main(['--root', str(yfcc / 'zips'), '--info', str(yfcc / 'subset' / create_subset.TSV_NAME),
+                          '--shards', str(yfcc / 'shards'), '--maxcount', '2'])
+    data_cfg = OmegaConf.create({
+        'batch_size': 4, 'num_workers': 0, 'pin_memory': False, 'shuffle_buffer': 4,
+        'dataset': {'meta': {'yfcc14m': {'type': 'img_txt_pair', 'path': str(yfcc / 'shards'),
+                                         'prefix': 'yfcc14m-{000000..000002}.tar', 'length': 5}},
+                    'train': ['yfcc14m'], 'val': []}})
+    captions = list(CAPTIONS.values())
+    data = build_train_data(data_cfg, img_transform=lambda img: torch.from_numpy(np.array(img)).permute(2, 0, 1),
+                            text_transform=lambda text: torch.tensor(captions.index(text)), rank=0, world=1, seed=0)
+    assert data.shard_report == {'yfcc14m': (3, 3)}
+    batch = next(iter(data.loader))
+    assert batch['image'].shape == (4, 3, 8, 8)
+    assert batch['text'].shape == (4,) and not batch['bad']

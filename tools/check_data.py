@@ -1,8 +1,8 @@
 """Check the webdataset shards a config trains and evaluates on, before any GPU time is spent.
 
-For every dataset in ``data.dataset.train`` and ``data.dataset.val`` it expands ``path/prefix``, counts the
-shards found and the samples in them, compares the count with ``length``, and decodes every image (PIL)
-and every ``cls`` label. One table is printed, followed by one WARN/ERROR line per problem.
+For every dataset in ``data.dataset.train`` and ``data.dataset.val`` it expands ``path/prefix`` (braces, or a
+glob when the prefix has ``*?[``), counts the shards found and the samples in them, compares the count with
+``length``, and decodes every image (PIL) and every ``cls`` label. One table is printed, followed by one WARN/ERROR line per problem.
 Exit status: 0 when everything matches, 1 when anything is missing, unreadable or differs from ``length``
 (``length`` sets the number of steps per epoch, so a wrong value silently changes the schedule).
 
@@ -92,7 +92,8 @@ def check_dataset(name: str, meta, decode: bool, nproc: int) -> dict:
     """Shard and sample counts of one ``data.dataset.meta`` entry."""
     if meta.type not in TARGET_EXTS:
         raise SystemExit(f"error: data.dataset.meta.{name}.type '{meta.type}' is not one of {sorted(TARGET_EXTS)}")
-    expected = list(braceexpand(osp.join(meta.path, meta.prefix)))
+    pattern = osp.join(str(meta.path), str(meta.prefix))
+    expected = sorted(glob(pattern)) if any(c in str(meta.prefix) for c in '*?[') else list(braceexpand(pattern))
     found = [p for p in expected if osp.isfile(p)]
     on_disk = set(glob(osp.join(meta.path, '*.tar')))
     work = partial(scan_shard, target_exts=TARGET_EXTS[meta.type], decode=decode)
