@@ -1,0 +1,13 @@
+"""Benchmark datasets for zero-shot segmentation (registered in mmseg's DATASETS) and their data checks."""
+from .checks import check_dataset_cfg, check_samples
+from .coco_object import COCO_OBJECT_CLASSES, COCOObjectDataset
+from .errors import SegDataError
+from .pascal_context import GROUPVIT_CONTEXT_CLASSES, GroupViTPascalContextDataset
+from .pascal_voc import GROUPVIT_VOC_CLASSES, GroupViTPascalVOCDataset, PascalVOCDataset20
+from .toy import ToySegDataset, read_toy_classes
+
+__all__ = [
+    'SegDataError', 'check_dataset_cfg', 'check_samples', 'COCOObjectDataset', 'GroupViTPascalContextDataset',
+    'GroupViTPascalVOCDataset', 'PascalVOCDataset20', 'ToySegDataset', 'read_toy_classes', 'COCO_OBJECT_CLASSES',
+    'GROUPVIT_CONTEXT_CLASSES', 'GROUPVIT_VOC_CLASSES'
+]
