@@ -1,0 +1,115 @@
+"""A benchmark = one dataset config of ``segmentation/configs/_base_/datasets`` plus command-line overrides."""
+import os.path as osp
+
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmseg.registry import DATASETS
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..datasets import SegDataError, check_dataset_cfg, check_samples
+
+DEFAULT_TEMPLATE = 'simple'
+
+
+def _flatten(tree, prefix=''):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _flatten(value, f'{prefix}{key}.')
+        else:
+            yield f'{prefix}{key}', value
+
+
+def _has_key(cfg, dotted):
+    node = cfg
+    for part in dotted.split('.'):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def parse_overrides(opts, source='evaluate.seg.opts'):
+    """['test_cfg.bg_thresh=0.36', ...] -> nested dict with YAML-typed values."""
+    items = [str(o) for o in (opts or [])]
+    bad = [o for o in items if '=' not in o]
+    if bad:
+        raise SegDataError(f"{source}: '{bad[0]}' is not key=value")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(items))
+    except OmegaConfBaseException as e:
+        raise SegDataError(f'{source}: {str(e).splitlines()[0]}') from None
+
+
+def load_benchmark(path, opts=(), template=None):
+    """Read a benchmark config; `opts` override its keys (unknown keys are an error); `template` is the
+    template set used when the config does not fix one (GroupViT presets take it from evaluate.seg.template)."""
+    if not osp.isfile(path):
+        raise SegDataError(f'segmentation config not found: {path}')
+    cfg = Config.fromfile(path)
+    overrides = parse_overrides(opts)
+    known = cfg.to_dict()
+    for key, _ in _flatten(overrides):
+        if not _has_key(known, key) and not key.startswith('prompt_names.'):
+            raise SegDataError(f"evaluate.seg.opts: unknown key '{key}' for {path}")
+    cfg.merge_from_dict(overrides)
+    if cfg.test_cfg.get('template') is None:
+        cfg.test_cfg.template = template or DEFAULT_TEMPLATE
+    cfg.config_path = path
+    return cfg
+
+
+def dataset_cfg(bench):
+    """The mmseg dataset dict with data_root and the test pipeline filled in."""
+    return dict(bench.dataset, data_root=bench.data_root, pipeline=bench.test_pipeline, test_mode=True,
+                serialize_data=False)
+
+
+def build_benchmark_dataset(bench):
+    """Check the files, then build the mmseg dataset; raises SegDataError naming the first missing path."""
+    cfg = dataset_cfg(bench)
+    check_dataset_cfg(cfg)
+    init_default_scope('mmseg')
+    dataset = DATASETS.build(cfg)
+    check_samples(dataset)
+    return dataset
+
+
+def class_names(dataset):
+    """-> (names of the output classes, with_bg): background is output 0 when the first class is 'background'."""
+    classes = tuple(dataset.metainfo['classes'])
+    return classes, classes[0] == 'background'
+
+
+def prompt_names(bench, classes, with_bg):
+    """Text that stands for each foreground class in the prompts."""
+    rename = dict(bench.get('prompt_names', {}))
+    return [rename.get(name, name) for name in (classes[1:] if with_bg else classes)]
+
+
+def describe(bench, dataset):
+    """The protocol as a flat dict (printed with and stored next to every result)."""
+    classes, with_bg = class_names(dataset)
+    t = bench.test_cfg
+    scale = next((p.get('scale') for p in bench.test_pipeline if p['type'] == 'Resize'), None)
+    info = dict(
+        protocol=bench.protocol, paper=bench.paper, config=bench.config_path, dataset=bench.dataset.type,
+        data_root=bench.data_root, split=bench.dataset.get('ann_file'), num_images=len(dataset),
+        num_classes=len(classes), with_bg=with_bg, template=t.template, resize=list(scale) if scale else None,
+        mode=t.mode, bg_rule=t.bg_rule if with_bg else None, bg_thresh=t.bg_thresh if with_bg else None,
+        pamr=bool(t.pamr), top_k=t.top_k)
+    if t.mode == 'slide':
+        info.update(crop_size=list(t.crop_size), stride=list(t.stride))
+    if t.pamr:
+        info.update(pamr_iters=t.pamr_iters, pamr_dilations=list(t.pamr_dilations),
+                    pamr_downsample=t.pamr_downsample)
+    renamed = dict(bench.get('prompt_names', {}))
+    if renamed:
+        info['prompt_names'] = renamed
+    return info
+
+
+def format_protocol(info):
+    keys = ('protocol', 'dataset', 'split', 'num_images', 'num_classes', 'template', 'resize', 'mode', 'crop_size',
+            'stride', 'bg_rule', 'bg_thresh', 'pamr', 'pamr_iters', 'pamr_dilations', 'top_k', 'prompt_names')
+    return ' | '.join(f'{k}={info[k]}' for k in keys if k in info and info[k] is not None)

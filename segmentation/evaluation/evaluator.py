@@ -1,0 +1,122 @@
+"""Distributed zero-shot segmentation evaluation: mmseg dataset + DefaultSampler + ZeroShotSegmentor + IoU."""
+import os.path as osp
+import time
+
+import torch
+import torch.distributed as dist
+from mmengine.dataset import DefaultSampler, pseudo_collate
+from mmengine.structures import PixelData
+from mmseg.models import SegDataPreProcessor
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .benchmark import build_benchmark_dataset, class_names, describe, load_benchmark, prompt_names
+from .metric import SegIoUMetric
+from .segmentor import ZeroShotSegmentor
+from .text import class_text_embedding
+from .vis import save_overlay
+
+
+def _rank():
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _collect_device():
+    distributed = dist.is_available() and dist.is_initialized()
+    return 'gpu' if distributed and dist.get_backend() == 'nccl' else 'cpu'
+
+
+def benchmark_from_cfg(cfg, overrides=()):
+    """cfg: the run's OmegaConf config -> benchmark of cfg.evaluate.seg (cfg, template, opts) + overrides."""
+    seg = cfg.evaluate.seg
+    return load_benchmark(seg.cfg, list(seg.get('opts') or []) + list(overrides), seg.get('template'))
+
+
+def build_segmentor(model, dataset, bench):
+    """Text embeddings of the benchmark's classes, wrapped with the test protocol around `model`."""
+    classes, with_bg = class_names(dataset)
+    device = next(model.parameters()).device
+    text = class_text_embedding(model, prompt_names(bench, classes, with_bg), bench.test_cfg.template)
+    preprocessor = SegDataPreProcessor(**{k: v for k, v in bench.data_preprocessor.items() if k != 'type'})
+    return ZeroShotSegmentor(model, text, with_bg, bench.test_cfg, data_preprocessor=preprocessor).to(device)
+
+
+def _loader(dataset, bench):
+    sampler = DefaultSampler(dataset, shuffle=False, seed=0)
+    loader = DataLoader(dataset, batch_size=1, sampler=sampler, num_workers=bench.get('num_workers', 0),
+                        collate_fn=pseudo_collate)
+    return sampler, loader
+
+
+def _predict_background(data):
+    """All-background prediction at the ground-truth size (baseline)."""
+    samples = data['data_samples']
+    for sample in samples:
+        sample.set_data({'pred_sem_seg': PixelData(data=torch.zeros_like(sample.gt_sem_seg.data).long())})
+    return samples
+
+
+def run_benchmark(predict, dataset, bench, *, vis=0, output_dir=None, progress=True, desc='seg'):
+    """predict: data batch -> list of SegDataSample with pred_sem_seg -> metrics dict (percent)."""
+    classes, with_bg = class_names(dataset)
+    metric = SegIoUMetric(ignore_index=255, collect_device=_collect_device())
+    metric.dataset_meta = dataset.metainfo
+    sampler, loader = _loader(dataset, bench)
+    start, vis_files = time.time(), []
+    bar = tqdm(zip(sampler, loader), total=len(sampler), desc=desc, disable=not progress or _rank() != 0,
+               dynamic_ncols=True, mininterval=1.0)
+    with torch.no_grad():
+        for index, data in bar:
+            samples = predict(data)
+            if index < vis and output_dir:
+                vis_files.append(_overlay(samples[0], index, dataset, output_dir, with_bg))
+            metric.process(data, [s.to_dict() for s in samples])
+    results = metric.evaluate(len(dataset))
+    per_class = {name: dict(IoU=_num(iou), Acc=_num(acc))
+                 for name, iou, acc in zip(classes, results['IoU'], results['Acc'])}
+    out = dict(mIoU=results['mIoU'], aAcc=results['aAcc'], mAcc=results['mAcc'], per_class=per_class,
+               protocol=describe(bench, dataset), seconds=time.time() - start)
+    if vis_files:
+        out['vis'] = vis_files
+    return out
+
+
+def _num(x):
+    return None if x != x else float(x)
+
+
+def _overlay(sample, index, dataset, output_dir, with_bg):
+    path = sample.metainfo['img_path']
+    name = f'{index:05d}_{osp.splitext(osp.basename(path))[0]}.png'
+    gt = sample.gt_sem_seg.data[0].cpu().numpy() if 'gt_sem_seg' in sample else None
+    return save_overlay(osp.join(output_dir, 'vis', name), path, sample.pred_sem_seg.data[0].cpu().numpy(), gt,
+                        dataset.metainfo['palette'], with_bg)
+
+
+def evaluate_seg(model, cfg, *, benchmark=None, dataset=None, overrides=(), vis=0, output_dir=None,
+                 progress=True):
+    """Zero-shot segmentation of `model` on cfg.evaluate.seg's benchmark (all ranks take part).
+
+    benchmark / dataset: pass them when already built (main_seg checks the data before loading the model);
+    overrides: extra 'key=value' items for the benchmark config; vis: overlays for the first N images under
+    output_dir/vis. -> {'mIoU', 'aAcc', 'mAcc', 'per_class': {name: {'IoU', 'Acc'}}, 'protocol': {...},
+    'seconds'} (metrics in percent), identical on every rank.
+    """
+    bench = benchmark if benchmark is not None else benchmark_from_cfg(cfg, overrides)
+    dataset = dataset if dataset is not None else build_benchmark_dataset(bench)
+    model = getattr(model, 'module', model)
+    was_training = model.training
+    model.eval()
+    try:
+        segmentor = build_segmentor(model, dataset, bench).eval()
+        return run_benchmark(segmentor.test_step, dataset, bench, vis=vis, output_dir=output_dir,
+                             progress=progress, desc=f'seg {bench.dataset.type}')
+    finally:
+        model.train(was_training)
+
+
+def evaluate_background(cfg=None, *, benchmark=None, dataset=None, overrides=(), progress=False):
+    """Metrics of predicting background everywhere on the same benchmark (a floor for mIoU)."""
+    bench = benchmark if benchmark is not None else benchmark_from_cfg(cfg, overrides)
+    dataset = dataset if dataset is not None else build_benchmark_dataset(bench)
+    return run_benchmark(_predict_background, dataset, bench, progress=progress, desc='seg background')

@@ -1,0 +1,28 @@
+"""Overlay pictures: input | prediction | ground truth."""
+import os
+import os.path as osp
+
+import numpy as np
+from PIL import Image
+
+
+def colorize_over(image, labels, palette, skip=(), alpha=0.5):
+    """image: [H, W, 3] uint8; labels: [H, W] int -> [H, W, 3] uint8 with class colours blended in
+    (labels in `skip` and labels without a colour, e.g. 255 ignore, stay as they are)."""
+    palette = np.asarray(palette, dtype=np.float32)
+    out = image.astype(np.float32)
+    valid = (labels >= 0) & (labels < len(palette)) & ~np.isin(labels, list(skip))
+    out[valid] = (1 - alpha) * out[valid] + alpha * palette[labels[valid]]
+    return out.round().astype(np.uint8)
+
+
+def save_overlay(path, image_path, pred, gt, palette, with_bg):
+    """Write [input | prediction | ground truth] for one image; pred, gt: [H, W] at the original size."""
+    image = np.asarray(Image.open(image_path).convert('RGB'))
+    skip = (0, ) if with_bg else ()
+    panels = [image, colorize_over(image, pred, palette, skip)]
+    if gt is not None:
+        panels.append(colorize_over(image, gt, palette, skip))
+    os.makedirs(osp.dirname(path) or '.', exist_ok=True)
+    Image.fromarray(np.concatenate(panels, axis=1)).save(path)
+    return path
