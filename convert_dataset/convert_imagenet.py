@@ -72,8 +72,9 @@ def class_indices(labels: list, classes_path) -> dict:
     else:
         wnids = sorted(set(labels))
     if len(wnids) != NUM_IMAGENET_CLASSES:
-        print(f'WARN {len(wnids)} classes instead of {NUM_IMAGENET_CLASSES}: indices follow the sorted wnids '
-              'found here' + ('' if classes_path else '; pass --classes LOC_synset_mapping.txt for the full list'))
+        source = f'the order of {classes_path}' if classes_path else \
+            'the sorted wnids found here; pass --classes LOC_synset_mapping.txt for the full list'
+        print(f'WARN {len(wnids)} classes instead of {NUM_IMAGENET_CLASSES}: indices follow {source}')
     index = {w: i for i, w in enumerate(wnids)}
     unknown = sorted(set(labels) - set(index))
     if unknown:
