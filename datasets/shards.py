@@ -113,7 +113,11 @@ def collect_shards(data_cfg: DictConfig, split: str) -> Tuple[Dict[str, str], in
 
 
 def iter_tar(url: str, dataset: str, counter: BadCounter) -> Iterator[dict]:
-    """Samples {'__key__', '__dataset__', ext: bytes} of one tar; a broken tar ends early and is counted."""
+    """Samples {'__key__', '__dataset__', ext: bytes} of one tar; a broken tar ends early and is counted.
+
+    A tar cut inside a member raises in tarfile; one cut between members ends silently, so the end-of-archive
+    marker (two zero blocks after the last member) is checked against the file size.
+    """
     current, n = None, 0
     try:
         with tarfile.open(url, mode='r|*') as tar:
@@ -131,8 +135,12 @@ def iter_tar(url: str, dataset: str, counter: BadCounter) -> Iterator[dict]:
                         yield current
                     current = {'__key__': key, '__dataset__': dataset, '__url__': url}
                 current[ext] = tar.extractfile(member).read()
+            ended_early = osp.isfile(url) and osp.getsize(url) < tar.offset + 2 * tarfile.BLOCKSIZE
     except (tarfile.TarError, OSError, EOFError, ValueError):
         counter.add(dataset, 'unreadable_tar' if n == 0 and current is None else 'truncated_tar')
+        return
+    if ended_early:
+        counter.add(dataset, 'truncated_tar')
         return
     if current is not None:
         yield current
