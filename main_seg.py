@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 import segmentation  # noqa: F401  (makes mmcv.ops importable before mmseg)
 from segmentation.datasets import SegDataError
-from segmentation.evaluation import (benchmark_from_cfg, build_benchmark_dataset, evaluate_seg, format_table,
-                                     write_report)
+from segmentation.evaluation import (benchmark_from_cfg, build_benchmark_dataset, describe, evaluate_seg,
+                                     format_protocol, format_table, write_report)
 from utils.checkpoint import CheckpointError, is_checkpoint_dir, load_weights
 from utils.config import ConfigError, get_config
 
@@ -85,6 +85,8 @@ def evaluate(args):
     rank = dist.get_rank() if dist.is_initialized() else 0
     bench = benchmark_from_cfg(cfg)
     dataset = build_benchmark_dataset(bench)
+    if rank == 0:
+        print('protocol: ' + format_protocol(describe(bench, dataset)), flush=True)
 
     model = build_model_from(cfg)
     load_weights(model, args.resume, strict=True)

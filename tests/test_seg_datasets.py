@@ -10,7 +10,8 @@ from PIL import Image
 
 import segmentation  # noqa: F401
 from segmentation.datasets import SegDataError
-from segmentation.evaluation import build_benchmark_dataset, evaluate_background, load_benchmark, prompt_names
+from segmentation.evaluation import (build_benchmark_dataset, evaluate_background, load_benchmark, prompt_names,
+                                     select_split)
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / 'segmentation/configs/_base_/datasets'
@@ -154,6 +155,13 @@ def test_toy_preset_reads_generated_world(tmp_path):
     tune = build_benchmark_dataset(load_benchmark(
         str(PRESETS / 'toy.py'), [f'data_root={root}', 'dataset.ann_file=ImageSets/Segmentation/tune.txt']))
     assert len(tune) == 2
+    bench = select_split(load_benchmark(str(PRESETS / 'toy.py'), [f'data_root={root}']), 'tune')
+    assert len(build_benchmark_dataset(bench)) == 2
+    assert bench.dataset.ann_file == 'ImageSets/Segmentation/tune.txt'
+    coco = load_benchmark(str(PRESETS / 'coco.py'))
+    assert select_split(coco, 'val') is coco  # a folder-listed set keeps its images for the default split
+    with pytest.raises(SegDataError, match='no split'):
+        select_split(coco, 'tune')
 
 
 def test_background_baseline_matches_hand_computation(tmp_path):

@@ -157,3 +157,17 @@ def test_template_sets():
     assert len(segmentation_templates('full')) == 80
     with pytest.raises(ValueError, match='custom'):
         segmentation_templates('nope')
+
+
+def test_overlay_colours_classes_and_keeps_background_and_ignore(tmp_path):
+    from PIL import Image
+    from segmentation.evaluation.vis import colorize_over, save_overlay
+    image = np.full((4, 6, 3), 100, np.uint8)
+    labels = np.array([[0, 1, 2, 255, 1, 0]] * 4)
+    palette = [[0, 0, 0], [200, 0, 0], [0, 200, 0]]
+    out = colorize_over(image, labels, palette, skip=(0, ))
+    assert (out[:, 0] == 100).all() and (out[:, 3] == 100).all()
+    assert out[0, 1].tolist() == [150, 50, 50] and out[0, 2].tolist() == [50, 150, 50]
+    Image.fromarray(image).save(tmp_path / 'img.png')
+    path = save_overlay(str(tmp_path / 'vis/x.png'), str(tmp_path / 'img.png'), labels, labels, palette, True)
+    assert Image.open(path).size == (3 * 384, 256)  # three panels, enlarged to a short side of 256

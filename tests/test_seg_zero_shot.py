@@ -1,9 +1,12 @@
 """Per-crop zero-shot logits against a direct computation and the published two-pass protocol; the segmentor's
 sliding window against whole-image inference and against mmseg's own sliding window."""
+import types
+
 import pytest
 import torch
 import torch.nn.functional as F
 from mmengine.config import Config
+from mmseg.structures import SegDataSample
 from omegaconf import OmegaConf
 
 import segmentation  # noqa: F401
@@ -14,12 +17,12 @@ from segmentation.evaluation import (ZeroShotSegmentor, class_text_embedding, pu
 BASE_CFG = 'segmentation/configs/_base_/zero_shot.py'
 
 
-def tiny_model(seed=1, vocab_size=64, context_length=12):
-    """A small random GroupViT whose image weights are widened so that several final groups own pixels."""
+def tiny_model(seed=1, vocab_size=64, context_length=12, kind='GroupViT'):
+    """A small random GroupViT / PGSeg whose image weights are widened so that several final groups own pixels."""
     torch.manual_seed(seed)
     cfg = OmegaConf.create(dict(
         type='MultiLabelContrastive',
-        img_encoder=dict(type='GroupViT', img_size=64, patch_size=8, embed_dim=32, depths=[1, 1, 1],
+        img_encoder=dict(type=kind, img_size=64, patch_size=8, embed_dim=32, depths=[1, 1, 1],
                          num_heads=[2, 2, 2], num_group_tokens=[8, 4, 0], num_output_groups=[8, 4]),
         text_encoder=dict(type='TextTransformer', context_length=context_length, width=32, layers=1,
                           vocab_size=vocab_size),
@@ -97,6 +100,15 @@ def test_equals_published_protocol_bit_for_bit(model, text, shape, with_bg, bg_t
     with torch.no_grad():
         ours = zero_shot_logits(model, img, text, with_bg, bg_thresh)
     assert torch.equal(ours, published_protocol_logits(model, img, text, with_bg, bg_thresh))
+
+
+@pytest.mark.parametrize('with_bg', [True, False])
+def test_pgseg_equals_published_protocol_bit_for_bit(text, with_bg):
+    model = tiny_model(kind='PGSeg')
+    img = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        ours = zero_shot_logits(model, img, text, with_bg, 0.6)
+    assert torch.equal(ours, published_protocol_logits(model, img, text, with_bg, 0.6))
 
 
 def test_encoder_runs_once_per_batch_of_crops(model, text):
@@ -189,3 +201,27 @@ def test_class_text_embedding_chunks_and_templates():
     torch.testing.assert_close(small_chunks, expected)
     # PGSeg's 'aeroplane ' prompt tokenizes like 'aeroplane'
     assert torch.equal(tokenize(['a photo of a aeroplane .']), tokenize(['a photo of a aeroplane.']))
+
+
+def test_huge_original_image_is_resized_a_few_classes_at_a_time(model, text, monkeypatch):
+    """A 4000x3000 original: the full-size logits (8 x 12M floats) are never materialised at once."""
+    from segmentation.evaluation import segmentor as module
+    sizes = []
+
+    def interpolate(x, *args, **kwargs):
+        out = F.interpolate(x, *args, **kwargs)
+        sizes.append(out.numel() * out.element_size())
+        return out
+
+    monkeypatch.setattr(module, 'F', types.SimpleNamespace(interpolate=interpolate))
+    monkeypatch.setattr(module, 'RESIZE_CHUNK_BYTES', 3 * 4000 * 3000 * 4)
+    seg = segmentor(model, text, mode='slide', crop_size=(64, 64), stride=(32, 32), bg_thresh=0.5, crop_batch=16)
+    img = torch.randn(1, 3, 64, 85)  # the keep-ratio resized input
+    sample = SegDataSample(metainfo=dict(ori_shape=(3000, 4000), img_shape=(64, 85), padding_size=[0, 0, 0, 0]))
+    with torch.no_grad():
+        pred = seg.predict(img, [sample])[0].pred_sem_seg.data
+        logits = seg.inference(img, metas(64, 85))
+    assert pred.shape == (1, 3000, 4000)
+    assert max(sizes) <= 3 * 4000 * 3000 * 4 and len(sizes) == 3  # 8 classes in chunks of 3
+    full = F.interpolate(logits, size=(3000, 4000), mode='bilinear', align_corners=False)[0].argmax(0, True)
+    assert torch.equal(pred, full)

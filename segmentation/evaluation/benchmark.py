@@ -59,6 +59,18 @@ def load_benchmark(path, opts=(), template=None):
     return cfg
 
 
+def select_split(bench, split):
+    """Evaluate on another split file of the same folder ('val' -> ImageSets/Segmentation/val.txt, 'tune', ...);
+    a folder-listed set (no split file) only has its validation images, 'val'."""
+    current = bench.dataset.get('ann_file')
+    if split is None or (osp.splitext(osp.basename(current))[0] if current else 'val') == split:
+        return bench
+    if not current:
+        raise SegDataError(f'{bench.config_path}: {bench.dataset.type} lists a folder, it has no split {split!r}')
+    bench.dataset.ann_file = osp.join(osp.dirname(current), f'{split}.txt')
+    return bench
+
+
 def dataset_cfg(bench):
     """The mmseg dataset dict with data_root and the test pipeline filled in."""
     return dict(bench.dataset, data_root=bench.data_root, pipeline=bench.test_pipeline, test_mode=True,

@@ -10,7 +10,8 @@ from mmseg.models import SegDataPreProcessor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .benchmark import build_benchmark_dataset, class_names, describe, load_benchmark, prompt_names
+from .benchmark import (build_benchmark_dataset, class_names, describe, load_benchmark, prompt_names,
+                        select_split)
 from .metric import SegIoUMetric
 from .segmentor import ZeroShotSegmentor
 from .text import class_text_embedding
@@ -93,16 +94,17 @@ def _overlay(sample, index, dataset, output_dir, with_bg):
                         dataset.metainfo['palette'], with_bg)
 
 
-def evaluate_seg(model, cfg, *, benchmark=None, dataset=None, overrides=(), vis=0, output_dir=None,
+def evaluate_seg(model, cfg, *, benchmark=None, dataset=None, overrides=(), split=None, vis=0, output_dir=None,
                  progress=True):
     """Zero-shot segmentation of `model` on cfg.evaluate.seg's benchmark (all ranks take part).
 
     benchmark / dataset: pass them when already built (main_seg checks the data before loading the model);
-    overrides: extra 'key=value' items for the benchmark config; vis: overlays for the first N images under
+    overrides: extra 'key=value' items for the benchmark config; split: another split file next to the
+    configured one (e.g. 'tune' to choose thresholds); vis: overlays for the first N images under
     output_dir/vis. -> {'mIoU', 'aAcc', 'mAcc', 'per_class': {name: {'IoU', 'Acc'}}, 'protocol': {...},
     'seconds'} (metrics in percent), identical on every rank.
     """
-    bench = benchmark if benchmark is not None else benchmark_from_cfg(cfg, overrides)
+    bench = benchmark if benchmark is not None else select_split(benchmark_from_cfg(cfg, overrides), split)
     dataset = dataset if dataset is not None else build_benchmark_dataset(bench)
     model = getattr(model, 'module', model)
     was_training = model.training
@@ -115,8 +117,8 @@ def evaluate_seg(model, cfg, *, benchmark=None, dataset=None, overrides=(), vis=
         model.train(was_training)
 
 
-def evaluate_background(cfg=None, *, benchmark=None, dataset=None, overrides=(), progress=False):
+def evaluate_background(cfg=None, *, benchmark=None, dataset=None, overrides=(), split=None, progress=False):
     """Metrics of predicting background everywhere on the same benchmark (a floor for mIoU)."""
-    bench = benchmark if benchmark is not None else benchmark_from_cfg(cfg, overrides)
+    bench = benchmark if benchmark is not None else select_split(benchmark_from_cfg(cfg, overrides), split)
     dataset = dataset if dataset is not None else build_benchmark_dataset(bench)
     return run_benchmark(_predict_background, dataset, bench, progress=progress, desc='seg background')

@@ -16,6 +16,13 @@ def colorize_over(image, labels, palette, skip=(), alpha=0.5):
     return out.round().astype(np.uint8)
 
 
+def display_size(h, w, min_side=256, max_side=2048):
+    """Panel size for viewing: small images enlarged (short side >= min_side), huge ones reduced."""
+    scale = max(1, -(-min_side // min(h, w)))
+    scale = min(scale, max_side / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def save_overlay(path, image_path, pred, gt, palette, with_bg):
     """Write [input | prediction | ground truth] for one image; pred, gt: [H, W] at the original size."""
     image = np.asarray(Image.open(image_path).convert('RGB'))
@@ -23,6 +30,9 @@ def save_overlay(path, image_path, pred, gt, palette, with_bg):
     panels = [image, colorize_over(image, pred, palette, skip)]
     if gt is not None:
         panels.append(colorize_over(image, gt, palette, skip))
+    h, w = display_size(*image.shape[:2])
+    resample = Image.NEAREST if h >= image.shape[0] else Image.BILINEAR
+    panels = [np.asarray(Image.fromarray(p).resize((w, h), resample)) for p in panels]
     os.makedirs(osp.dirname(path) or '.', exist_ok=True)
     Image.fromarray(np.concatenate(panels, axis=1)).save(path)
     return path
