@@ -1,0 +1,245 @@
+"""utils/optim, scheduler, precision, engine (non-finite handling, zero-shot accuracy), logging/plots, resume."""
+import io
+import math
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+from PIL import Image
+
+from datasets.shards import ValStream
+from models import build_model
+from utils.checkpoint import save_checkpoint
+from utils.engine import NonFiniteLossError, Trainer, TrainState, evaluate_cls, train_one_epoch
+from utils.logging import MetricWriter
+from utils.optim import build_optimizer, param_groups
+from utils.plots import plot_loss_curves
+from utils.precision import Precision
+from utils.resume import epoch_checkpoint_path, newest_loadable, prune
+from utils.scheduler import build_scheduler, scale_lr
+
+TRAIN = {'base_lr': 1e-3, 'warmup_lr': 1e-5, 'min_lr': 1e-4, 'weight_decay': 0.05, 'lr_scaling_batch': 4096,
+         'accumulation_steps': 0, 'epochs': 4, 'warmup_epochs': 1, 'clip_grad': 5.0,
+         'lr_scheduler': {'name': 'cosine'}, 'optimizer': {'name': 'adamw', 'eps': 1e-8, 'betas': [0.9, 0.999]}}
+
+
+def tiny_model():
+    cfg = {'type': 'MultiLabelContrastive', 'output_dim': 16, 'proj_num_layers': 2,
+           'img_encoder': {'type': 'GroupViT', 'img_size': 32, 'patch_size': 8, 'embed_dim': 16, 'depths': [1, 1],
+                           'num_heads': [2, 2], 'embed_factors': [1, 1], 'num_group_tokens': [4, 0],
+                           'num_output_groups': [2]},
+           'text_encoder': {'type': 'TextTransformer', 'context_length': 8, 'width': 16, 'layers': 1,
+                            'vocab_size': 100}}
+    return build_model(OmegaConf.create(cfg))
+
+
+def test_weight_decay_groups():
+    model = tiny_model()
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay['weight_decay'] == 0.05 and no_decay['weight_decay'] == 0.0
+    for name in no_decay['names']:
+        p = dict(model.named_parameters())[name]
+        assert p.ndim <= 1 or any(k in name for k in ('pos_embed', 'group_token', 'logit_scale', 'bias')), name
+    assert {'logit_scale', 'img_encoder.pos_embed', 'img_encoder.layers.0.group_token'} <= set(no_decay['names'])
+    assert any(n.endswith('norm.weight') for n in no_decay['names'])
+    assert 'img_encoder.layers.0.blocks.0.mlp.fc1.weight' in decay['names']
+    assert len(decay['names']) + len(no_decay['names']) == sum(1 for _ in model.parameters())
+    opt = build_optimizer(OmegaConf.create(TRAIN), model, lr=0.5)
+    assert [g['weight_decay'] for g in opt.param_groups] == [0.05, 0.0] and opt.param_groups[0]['lr'] == 0.5
+
+
+def test_lr_scaling_by_global_batch():
+    train = OmegaConf.create(TRAIN)
+    published = scale_lr(train, 256, 16)  # GroupViT: 256 per GPU x 16 GPUs = 4096
+    assert published.global_batch == 4096 and published.base_lr == pytest.approx(1e-3)
+    half = scale_lr(train, 256, 8)
+    assert half.global_batch == 2048 and half.base_lr == pytest.approx(5e-4) and half.min_lr == pytest.approx(5e-5)
+    train.accumulation_steps = 2
+    assert scale_lr(train, 256, 8).global_batch == 4096 and scale_lr(train, 256, 8).factor == pytest.approx(1.0)
+    train.lr_scaling_batch = None  # PGSeg: learning rates used as written
+    unscaled = scale_lr(train, 1024, 4)
+    assert unscaled.factor == 1.0 and unscaled.base_lr == 1e-3 and 'effective global batch 8192' in unscaled.describe()
+
+
+def test_cosine_schedule_with_linear_warmup_per_step():
+    train = OmegaConf.create(TRAIN)
+    lrs = scale_lr(train, 4096, 1)
+    opt = torch.optim.AdamW([nn.Parameter(torch.zeros(2))], lr=123.0)
+    sched = build_scheduler(train, opt, lrs, updates_per_epoch=10)
+    lr_at = []
+    for step in range(41):
+        sched.step_update(step)
+        lr_at.append(opt.param_groups[0]['lr'])
+    assert lr_at[0] == pytest.approx(1e-5)
+    assert lr_at[5] == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5))  # halfway through the 10 warm-up steps
+    assert all(b > a for a, b in zip(lr_at[:10], lr_at[1:10]))
+    assert all(b <= a for a, b in zip(lr_at[10:], lr_at[11:]))
+    assert lr_at[40] == pytest.approx(1e-4)
+    mid = 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * 20 / 40))
+    assert lr_at[20] == pytest.approx(mid)
+
+
+def test_precision_levels():
+    assert Precision('O0', 'cpu').scaler is None and Precision('O0', 'cpu').dtype is None
+    o1, o2 = Precision('O1', 'cpu'), Precision('O2', 'cpu')
+    assert o1.dtype == torch.float16 and o1.scaler is not None and 'GradScaler' in o1.describe()
+    assert o2.dtype == torch.bfloat16 and o2.scaler is None
+    with o2.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match='amp_opt_level'):
+        Precision('O3', 'cpu')
+
+
+class Scripted(nn.Module):
+    """loss = w^2 * scale, where scale comes from the batch's text (NaN/inf to inject non-finite losses)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, image, text):
+        return {'loss': (self.w ** 2).sum() * text[0]}
+
+
+def scripted_trainer(scales, patience=3, accumulation=1):
+    cfg = OmegaConf.create({'train': {**TRAIN, 'epochs': 1}, 'print_freq': 1, 'data': {'batch_size': 2}})
+    model = Scripted()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = build_scheduler(cfg.train, opt, scale_lr(cfg.train, 4096, 1), len(scales))
+    batches = iter([{'image': torch.zeros(2, 1), 'text': torch.tensor([s, s])} for s in scales])
+    saved = []
+    trainer = Trainer(cfg, model, model, opt, sched, Precision('O0', 'cpu'), batches, len(scales), accumulation,
+                      torch.device('cpu'), MetricWriter('unused', rank=1), TrainState(), patience,
+                      on_nonfinite_stop=lambda: saved.append('ckpt') or 'ckpt')
+    return trainer, saved
+
+
+def test_nonfinite_loss_skips_the_step_and_recovers():
+    trainer, saved = scripted_trainer([1.0, float('nan'), 1.0, float('inf'), 1.0])
+    weights = []
+    original_step = trainer.optimizer.step
+
+    def step_and_record(*a, **k):
+        out = original_step(*a, **k)
+        weights.append(trainer.model.w.item())
+        return out
+    trainer.optimizer.step = step_and_record
+    averages = train_one_epoch(trainer, 0)
+    assert len(weights) == 3  # only the three finite steps moved the weights
+    assert trainer.state.step == 5 and trainer.state.nonfinite_total == 2 and trainer.state.nonfinite_in_a_row == 0
+    assert saved == [] and math.isfinite(averages['loss'])
+
+
+def test_consecutive_nonfinite_losses_stop_with_a_saved_checkpoint(caplog):
+    trainer, saved = scripted_trainer([1.0] + [float('nan')] * 5, patience=3)
+    with pytest.raises(NonFiniteLossError, match='3 optimizer steps in a row .* saved to ckpt'):
+        train_one_epoch(trainer, 0)
+    assert saved == ['ckpt'] and trainer.state.step == 4
+    assert 'non-finite loss at step 2' in caplog.text and 'non-finite loss at step 4' in caplog.text
+    assert math.isfinite(trainer.model.w.item())
+
+
+def test_accumulation_steps_once_per_window():
+    trainer, _ = scripted_trainer([1.0] * 6, accumulation=3)
+    calls = []
+    original_step = trainer.optimizer.step
+    trainer.optimizer.step = lambda *a, **k: calls.append(1) or original_step(*a, **k)
+    train_one_epoch(trainer, 0)
+    assert len(calls) == 2 and trainer.state.step == 2
+
+
+class Oracle(nn.Module):
+    """encode_image reads the class c from pixel (0, 0) and answers f_c[j] = 0.5 ** ((j - c) mod n), so classes
+    rank c, c+1, c+2, ...; build_text_embedding returns the rows of the identity in a chosen order."""
+
+    def __init__(self, num_classes, order):
+        super().__init__()
+        self.n = num_classes
+        self.order = order
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def encode_image(self, image):
+        cls = (image[:, 0, 0, 0] * 255 / 20).round().long()
+        return sum(0.5 ** i * nn.functional.one_hot((cls + i) % self.n, self.n).float() for i in range(self.n))
+
+    def build_text_embedding(self, tokens):
+        return torch.eye(self.n)[self.order]
+
+
+def class_shard(path, labels):
+    with tarfile.open(path, 'w') as tar:
+        for i, label in enumerate(labels):
+            buf = io.BytesIO()
+            Image.new('RGB', (8, 8), (20 * label,) * 3).save(buf, format='PNG')
+            for ext, data in (('png', buf.getvalue()), ('cls', str(label).encode())):
+                info = tarfile.TarInfo(f'{i:05d}.{ext}')
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize('order,top1,top5', [
+    ('identity', 100.0, 100.0),
+    ('shift', 0.0, 100.0),  # every image ranks its true class second
+    ('swap01', None, None),  # top-1 right for classes 2..7 only; class 1 images rank class 1 last (top-5 miss)
+])
+def test_zero_shot_accuracy_of_a_model_with_known_answers(tmp_path, order, top1, top5):
+    n = 8
+    labels = list(np.random.default_rng(0).integers(0, n, 53))
+    class_shard(tmp_path / 'val-0.tar', labels[:30])
+    class_shard(tmp_path / 'val-1.tar', labels[30:])
+    perm = {'identity': list(range(n)), 'shift': [(c + 1) % n for c in range(n)],
+            'swap01': [1, 0] + list(range(2, n))}[order]
+    to_tensor = lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
+    stream = ValStream({str(tmp_path / f'val-{i}.tar'): 'val' for i in range(2)}, 4, to_tensor, 0, 1)
+    tokens = {'simple': torch.zeros(n, 1, 77, dtype=torch.long)}
+    out = evaluate_cls(Oracle(n, perm), stream, tokens, torch.device('cpu'), Precision('O0', 'cpu'))
+    share = lambda keep: 100.0 * sum(keep(label) for label in labels) / len(labels)
+    expected_top1 = top1 if top1 is not None else share(lambda label: label >= 2)
+    expected_top5 = top5 if top5 is not None else share(lambda label: label != 1)
+    assert out['simple']['count'] == 53 and 0 < share(lambda label: label == 1) < 100
+    assert out['simple']['acc1'] == pytest.approx(expected_top1)
+    assert out['simple']['acc5'] == pytest.approx(expected_top5)
+
+
+def test_zero_shot_rejects_labels_outside_the_class_list(tmp_path):
+    class_shard(tmp_path / 'v.tar', [0, 9])
+    to_tensor = lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
+    stream = ValStream({str(tmp_path / 'v.tar'): 'val'}, 4, to_tensor, 0, 1)
+    with pytest.raises(ValueError, match='class label 9 outside the 8 class names'):
+        evaluate_cls(Oracle(8, list(range(8))), stream, {'simple': torch.zeros(8, 1, 77, dtype=torch.long)},
+                     torch.device('cpu'), Precision('O0', 'cpu'))
+
+
+def test_metric_writer_tensorboard_history_and_plot(tmp_path):
+    writer = MetricWriter(str(tmp_path), rank=0)
+    for step in range(5):
+        writer.scalars({'train/loss': 5.0 - step, 'train/loss_pg': 1.0, 'train/lr': 0.1}, step)
+    writer.close()
+    assert any(f.startswith('events.out.tfevents') for f in os.listdir(tmp_path / 'tensorboard'))
+    again = MetricWriter(str(tmp_path), rank=0)  # a restarted run reads the earlier scalars back
+    again.scalars({'train/loss': 0.5}, 5)
+    again.close()
+    assert again.history['train/loss'] == {0: 5.0, 1: 4.0, 2: 3.0, 3: 2.0, 4: 1.0, 5: 0.5}
+    png = plot_loss_curves(again.history, str(tmp_path / 'loss_curves.png'))
+    assert png and Image.open(png).size[0] > 100
+    assert plot_loss_curves({'train/lr': {0: 1.0}}, str(tmp_path / 'none.png')) is None
+
+
+def test_newest_loadable_checkpoint_skips_a_corrupt_one(tmp_path, caplog):
+    model = nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    for epoch in range(3):
+        save_checkpoint(epoch_checkpoint_path(str(tmp_path), epoch), model.state_dict(), opt.state_dict(),
+                        extra={'epoch': epoch, 'step': 10 * (epoch + 1)})
+    state_file = tmp_path / 'ckpt_epoch_2' / 'state.pt'
+    data = state_file.read_bytes()
+    state_file.write_bytes(data[:200] + b'\0' * 64 + data[264:])
+    path, state = newest_loadable(str(tmp_path))
+    assert path == str(tmp_path / 'ckpt_epoch_1') and state['step'] == 20
+    assert 'ckpt_epoch_2 is unreadable' in caplog.text
+    prune(str(tmp_path), 1)
+    assert sorted(os.listdir(tmp_path)) == ['ckpt_epoch_2']

@@ -1,0 +1,232 @@
+"""The training epoch and the zero-shot classification evaluation."""
+import contextlib
+import datetime
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from datasets.shards import format_counts, merge_counts
+
+from .distributed import get_world_size, is_distributed
+from .logging import MetricWriter, get_logger
+from .misc import AverageMeter, meters_mean_over_ranks
+from .precision import Precision
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many optimizer updates in a row had a non-finite loss or gradient."""
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides the modules: progress, best metrics, bad-data counts."""
+    epoch: int = 0  # the epoch being run (after a restore: the first one to run)
+    step: int = 0  # optimizer updates done so far
+    best: Dict[str, dict] = field(default_factory=dict)
+    nonfinite_in_a_row: int = 0
+    nonfinite_total: int = 0
+    bad_data: Dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class Trainer:
+    """Everything one training epoch needs."""
+    cfg: DictConfig
+    model: torch.nn.Module  # the module itself (no DDP wrapper)
+    train_model: torch.nn.Module  # what forward runs through (DDP wrapper or the module)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    precision: Precision
+    batches: Iterator[dict]
+    steps_per_epoch: int  # micro-batches per epoch
+    accumulation: int
+    device: torch.device
+    writer: MetricWriter
+    state: TrainState
+    nonfinite_patience: int = 10
+    on_nonfinite_stop: Optional[Callable[[], str]] = None  # saves a checkpoint, returns its path
+
+
+def all_finite(value: torch.Tensor) -> bool:
+    """True when the value is finite on every rank (the same answer everywhere, so ranks stay in step)."""
+    flag = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
+    if is_distributed():
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item() > 0)
+
+
+def sum_counts_over_ranks(counts: Dict[str, dict]) -> Dict[str, dict]:
+    if not is_distributed():
+        return counts
+    gathered = [None] * get_world_size()
+    dist.all_gather_object(gathered, counts)
+    total = {}
+    for part in gathered:
+        merge_counts(total, part)
+    return total
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def _optimizer_update(t: Trainer) -> float:
+    """Unscale, clip, step (unless the gradient is non-finite). Returns the gradient norm before clipping."""
+    t.precision.unscale(t.optimizer)
+    params = [p for g in t.optimizer.param_groups for p in g['params'] if p.grad is not None]
+    clip = t.cfg.train.clip_grad
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float('inf'))
+    if t.precision.scaler is not None or torch.isfinite(grad_norm):
+        t.precision.step(t.optimizer)  # GradScaler skips non-finite fp16 steps itself and lowers its scale
+    return float(grad_norm)
+
+
+def _record_nonfinite(t: Trainer, epoch: int, idx: int, terms: Dict[str, float], what: str):
+    logger = get_logger()
+    t.state.nonfinite_in_a_row += 1
+    t.state.nonfinite_total += 1
+    shown = ' '.join(f'{k} {v:.4g}' for k, v in terms.items())
+    logger.warning(f'non-finite {what} at step {t.state.step} (epoch {epoch}, iter {idx}): {shown}; optimizer '
+                   f'step skipped ({t.state.nonfinite_in_a_row} in a row, patience {t.nonfinite_patience})')
+    if t.state.nonfinite_in_a_row >= t.nonfinite_patience:
+        saved = t.on_nonfinite_stop() if t.on_nonfinite_stop else None
+        raise NonFiniteLossError(
+            f'stopping: {t.state.nonfinite_in_a_row} optimizer steps in a row had a non-finite {what} '
+            f'(last at step {t.state.step}, epoch {epoch}); model and optimizer state before them saved to {saved}. '
+            'Lower train.base_lr, raise train.warmup_epochs, or use --amp-opt-level O0/O2.')
+
+
+def train_one_epoch(t: Trainer, epoch: int) -> Dict[str, float]:
+    """Run ``steps_per_epoch`` micro-batches; returns the epoch's mean loss terms (averaged over ranks)."""
+    logger = get_logger()
+    cfg = t.cfg
+    t.train_model.train()
+    t.optimizer.zero_grad(set_to_none=True)
+    meters: Dict[str, AverageMeter] = {}
+    batch_time, grad_meter = AverageMeter(), AverageMeter()
+    global_batch = int(cfg.data.batch_size) * get_world_size()
+    bad_this_epoch: Dict[str, dict] = {}
+    update_is_bad = False
+    start = end = time.time()
+    for idx in range(t.steps_per_epoch):
+        batch = next(t.batches)
+        merge_counts(bad_this_epoch, batch.get('bad') or {})
+        inputs = _to_device(batch, t.device)
+        boundary = (idx + 1) % t.accumulation == 0 or idx + 1 == t.steps_per_epoch
+        sync = boundary or not isinstance(t.train_model, torch.nn.parallel.DistributedDataParallel)
+        with (contextlib.nullcontext() if sync else t.train_model.no_sync()):
+            with t.precision.autocast():
+                losses = t.train_model(image=inputs['image'], text=inputs['text'])
+            loss = sum(losses.values())
+            finite = all_finite(loss)
+            t.precision.backward(loss / t.accumulation)
+        terms = {name: float(v.detach()) for name, v in losses.items()}
+        terms['total_loss'] = float(loss.detach())
+        if finite:
+            for name, value in terms.items():
+                meters.setdefault(name, AverageMeter()).update(value, inputs['image'].shape[0])
+        update_is_bad |= not finite
+        if not boundary:
+            continue
+        if update_is_bad:
+            t.optimizer.zero_grad(set_to_none=True)
+            t.state.step += 1
+            t.scheduler.step_update(t.state.step)
+            update_is_bad = False
+            end = time.time()
+            _record_nonfinite(t, epoch, idx, terms, 'loss')
+            continue
+        grad_norm = _optimizer_update(t)
+        t.optimizer.zero_grad(set_to_none=True)
+        t.state.step += 1
+        t.scheduler.step_update(t.state.step)
+        if t.precision.scaler is None and not torch.isfinite(torch.tensor(grad_norm)):
+            _record_nonfinite(t, epoch, idx, terms, 'gradient')
+        else:
+            t.state.nonfinite_in_a_row = 0
+            grad_meter.update(grad_norm)
+        batch_time.update(time.time() - end)
+        end = time.time()
+        if idx % cfg.print_freq == 0 or idx + 1 == t.steps_per_epoch:
+            _log_progress(t, epoch, idx, meters, batch_time, grad_meter, global_batch * t.accumulation)
+    averages = meters_mean_over_ranks(meters, t.device)
+    bad = sum_counts_over_ranks(bad_this_epoch)
+    merge_counts(t.state.bad_data, bad)
+    logger.info(f'epoch {epoch} done in {datetime.timedelta(seconds=int(time.time() - start))}: '
+                + ' '.join(f'{k} {v:.4f}' for k, v in averages.items()))
+    logger.info(f'bad training data in epoch {epoch}: {format_counts(bad)}; '
+                f'whole run: {format_counts(t.state.bad_data)}')
+    t.writer.scalars({f'epoch/{k}': v for k, v in averages.items()}, t.state.step)
+    return averages
+
+
+def _log_progress(t: Trainer, epoch: int, idx: int, meters, batch_time: AverageMeter, grad_meter: AverageMeter,
+                  images_per_update: int):
+    cfg = t.cfg
+    means = meters_mean_over_ranks(meters, t.device)
+    lr = t.optimizer.param_groups[0]['lr']
+    updates_left_epoch = (t.steps_per_epoch - idx - 1) // t.accumulation
+    updates_left = updates_left_epoch + (cfg.train.epochs - epoch - 1) * (t.steps_per_epoch // t.accumulation)
+    eta_epoch = datetime.timedelta(seconds=int(batch_time.avg * updates_left_epoch))
+    eta_all = datetime.timedelta(seconds=int(batch_time.avg * updates_left))
+    speed = images_per_update / max(batch_time.val, 1e-9)
+    terms = '  '.join(f'{k} {meters[k].val:.4f} ({means[k]:.4f})' for k in sorted(meters))
+    get_logger().info(
+        f'Train [{epoch}/{cfg.train.epochs}][{idx + 1}/{t.steps_per_epoch}] step {t.state.step}  lr {lr:.3e}  '
+        f'{terms}  grad_norm {grad_meter.val:.3f}  {speed:.1f} img/s  eta {eta_epoch} (run {eta_all})')
+    scalars = {f'train/{k}': v for k, v in means.items()}
+    scalars.update({'train/lr': lr, 'train/grad_norm': grad_meter.val, 'train/images_per_s': speed})
+    t.writer.scalars(scalars, t.state.step)
+
+
+@torch.no_grad()
+def evaluate_cls(model: torch.nn.Module, loader, class_tokens: Dict[str, torch.Tensor], device: torch.device,
+                 precision: Precision, log_every: int = 0) -> Dict[str, dict]:
+    """Zero-shot classification: top-1/top-5 accuracy (%) per template set, over all ranks' samples.
+
+    model: the module (no DDP) with ``encode_image`` [B,3,H,W] -> [B,C] and ``build_text_embedding``
+    [N,T,L] -> [N,C]; class_tokens: {template set: tokens [N, T, L]}.
+    Returns {template set: {'acc1', 'acc5', 'count'}} plus {'bad': counts} of skipped val samples.
+    """
+    was_training = model.training
+    model.eval()
+    names = sorted(class_tokens)
+    with precision.autocast():
+        text = {n: F.normalize(model.build_text_embedding(class_tokens[n].to(device)).float(), dim=-1) for n in names}
+    num_classes = next(iter(text.values())).shape[0]
+    k = min(5, num_classes)
+    correct = torch.zeros(len(names), 2, dtype=torch.float64, device=device)
+    count = torch.zeros(1, dtype=torch.float64, device=device)
+    bad: Dict[str, dict] = {}
+    for i, batch in enumerate(loader):
+        merge_counts(bad, batch.get('bad') or {})
+        if batch['image'] is None:
+            continue
+        image, target = batch['image'].to(device), batch['target'].to(device)
+        if int(target.max()) >= num_classes or int(target.min()) < 0:
+            raise ValueError(f'class label {int(target.max())} outside the {num_classes} class names: the val '
+                             'shards and the class list (data.dataset.meta.<val>.classes_file) do not match')
+        with precision.autocast():
+            feat = model.encode_image(image)
+        feat = F.normalize(feat.float(), dim=-1)
+        for j, n in enumerate(names):
+            top = (feat @ text[n].t()).topk(k, dim=-1).indices
+            correct[j, 0] += (top[:, 0] == target).sum()
+            correct[j, 1] += (top == target[:, None]).any(dim=-1).sum()
+        count += target.numel()
+        if log_every and i % log_every == 0:
+            get_logger().info(f'Test [{i}] {int(count.item())} images on this rank')
+    if is_distributed():
+        dist.all_reduce(correct)
+        dist.all_reduce(count)
+    model.train(was_training)
+    total = max(count.item(), 1.0)
+    results = {n: {'acc1': 100.0 * correct[j, 0].item() / total, 'acc5': 100.0 * correct[j, 1].item() / total,
+                   'count': int(count.item())} for j, n in enumerate(names)}
+    results['bad'] = sum_counts_over_ranks(bad)
+    return results

@@ -1,0 +1,69 @@
+"""Small run helpers: process-group setup, seeding, running averages."""
+import os
+import random
+from typing import Dict
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def init_distributed() -> torch.device:
+    """Join the process group when launched by torchrun (RANK/WORLD_SIZE set); return this process's device.
+
+    NCCL with CUDA, gloo otherwise. A plain `python main_pg_seg.py ...` runs as a single process, no group.
+    """
+    local_rank = int(os.environ.get('LOCAL_RANK', 0))
+    use_cuda = torch.cuda.is_available()
+    device = torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if 'RANK' in os.environ and 'WORLD_SIZE' in os.environ and not dist.is_initialized():
+        dist.init_process_group(backend='nccl' if use_cuda else 'gloo')
+    return device
+
+
+def close_distributed():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def seed_everything(seed: int):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class AverageMeter:
+    """Last value and running mean (weighted by n)."""
+
+    def __init__(self):
+        self.val = 0.0
+        self.sum = 0.0
+        self.count = 0
+
+    def update(self, val: float, n: int = 1):
+        self.val = float(val)
+        self.sum += float(val) * n
+        self.count += n
+
+    @property
+    def avg(self) -> float:
+        return self.sum / max(self.count, 1)
+
+
+def meters_mean_over_ranks(meters: Dict[str, AverageMeter], device: torch.device) -> Dict[str, float]:
+    """Running means of every meter, averaged over ranks (one all-reduce)."""
+    if not meters:
+        return {}
+    names = sorted(meters)
+    values = torch.tensor([meters[n].avg for n in names], dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return dict(zip(names, values.tolist()))

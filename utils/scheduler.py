@@ -1,0 +1,58 @@
+"""Learning rates: batch-size scaling and the per-step cosine schedule with linear warm-up (timm)."""
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from timm.scheduler.cosine_lr import CosineLRScheduler
+
+
+@dataclass
+class ScaledLR:
+    """The learning rates a run actually uses, and the batch they were derived from."""
+    global_batch: int
+    factor: float
+    base_lr: float
+    warmup_lr: float
+    min_lr: float
+
+    def describe(self) -> str:
+        return (f'effective global batch {self.global_batch}; lr x{self.factor:g}: base_lr {self.base_lr:.3g}, '
+                f'warmup_lr {self.warmup_lr:.3g}, min_lr {self.min_lr:.3g}')
+
+
+def accumulation(train_cfg: DictConfig) -> int:
+    """train.accumulation_steps, where 0 (the published default) means 1."""
+    return max(int(train_cfg.accumulation_steps), 1)
+
+
+def scale_lr(train_cfg: DictConfig, batch_size: int, world_size: int) -> ScaledLR:
+    """lr x (batch_size * world_size * accumulation / train.lr_scaling_batch); no scaling when that key is null.
+
+    GroupViT scales by the global batch over 4096; PGSeg uses its learning rates as written.
+    """
+    global_batch = batch_size * world_size * accumulation(train_cfg)
+    reference = train_cfg.lr_scaling_batch
+    factor = global_batch / float(reference) if reference else 1.0
+    return ScaledLR(global_batch, factor, float(train_cfg.base_lr) * factor, float(train_cfg.warmup_lr) * factor,
+                    float(train_cfg.min_lr) * factor)
+
+
+def build_scheduler(train_cfg: DictConfig, optimizer: torch.optim.Optimizer, lrs: ScaledLR,
+                    updates_per_epoch: int) -> CosineLRScheduler:
+    """Cosine from base_lr to min_lr over all optimizer updates, after warmup_epochs of linear warm-up from
+    warmup_lr. Call ``step_update(num_updates)`` after every optimizer update."""
+    name = train_cfg.lr_scheduler.name
+    if name != 'cosine':
+        raise ValueError(f"train.lr_scheduler.name: only 'cosine' is supported, got {name!r}")
+    for group in optimizer.param_groups:
+        group['lr'] = lrs.base_lr
+        group['initial_lr'] = lrs.base_lr
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=int(train_cfg.epochs * updates_per_epoch),
+        lr_min=lrs.min_lr,
+        warmup_lr_init=lrs.warmup_lr,
+        warmup_t=int(train_cfg.warmup_epochs * updates_per_epoch),
+        cycle_limit=1,
+        t_in_epochs=False,
+    )
