@@ -9,7 +9,6 @@ import sys
 import types
 import warnings
 
-import torch
 import torch.nn.functional as F
 
 __all__ = ['install', 'point_sample', 'sigmoid_focal_loss']

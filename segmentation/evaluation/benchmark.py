@@ -56,6 +56,7 @@ def load_benchmark(path, opts=(), template=None):
     if cfg.test_cfg.get('template') is None:
         cfg.test_cfg.template = template or DEFAULT_TEMPLATE
     cfg.config_path = path
+    cfg.overrides = [str(o) for o in opts or []]
     return cfg
 
 
@@ -118,10 +119,13 @@ def describe(bench, dataset):
     renamed = dict(bench.get('prompt_names', {}))
     if renamed:
         info['prompt_names'] = renamed
+    if bench.get('overrides'):
+        info['overrides'] = list(bench.overrides)
     return info
 
 
 def format_protocol(info):
     keys = ('protocol', 'dataset', 'split', 'num_images', 'num_classes', 'template', 'resize', 'mode', 'crop_size',
-            'stride', 'bg_rule', 'bg_thresh', 'pamr', 'pamr_iters', 'pamr_dilations', 'top_k', 'prompt_names')
+            'stride', 'bg_rule', 'bg_thresh', 'pamr', 'pamr_iters', 'pamr_dilations', 'top_k', 'prompt_names',
+            'overrides')
     return ' | '.join(f'{k}={info[k]}' for k in keys if k in info and info[k] is not None)

@@ -2,7 +2,6 @@
 import warnings
 
 import numpy as np
-import torch
 from mmseg.evaluation import IoUMetric
 
 

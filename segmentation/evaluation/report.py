@@ -20,6 +20,8 @@ def format_table(result):
         lines.append(f'{name:<{width}} {_fmt(row["IoU"])} {_fmt(row["Acc"])}')
     lines.append(f'mIoU {result["mIoU"]:.2f}  aAcc {result["aAcc"]:.2f}  mAcc {result["mAcc"]:.2f}')
     lines.append('protocol: ' + format_protocol(result['protocol']))
+    if result['protocol'].get('paper'):
+        lines.append('published reference: ' + result['protocol']['paper'])
     return '\n'.join(lines)
 
 
