@@ -155,9 +155,12 @@ def test_toy_preset_reads_generated_world(tmp_path):
     tune = build_benchmark_dataset(load_benchmark(
         str(PRESETS / 'toy.py'), [f'data_root={root}', 'dataset.ann_file=ImageSets/Segmentation/tune.txt']))
     assert len(tune) == 2
-    bench = select_split(load_benchmark(str(PRESETS / 'toy.py'), [f'data_root={root}']), 'tune')
+    val = load_benchmark(str(PRESETS / 'toy.py'), [f'data_root={root}'])
+    bench = select_split(val, 'tune')
     assert len(build_benchmark_dataset(bench)) == 2
     assert bench.dataset.ann_file == 'ImageSets/Segmentation/tune.txt'
+    assert val.dataset.ann_file == 'ImageSets/Segmentation/val.txt'  # the original is left as it was
+    assert evaluate_background(benchmark=val, split='tune')['protocol']['num_images'] == 2
     coco = load_benchmark(str(PRESETS / 'coco.py'))
     assert select_split(coco, 'val') is coco  # a folder-listed set keeps its images for the default split
     with pytest.raises(SegDataError, match='no split'):

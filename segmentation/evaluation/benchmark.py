@@ -1,4 +1,5 @@
 """A benchmark = one dataset config of ``segmentation/configs/_base_/datasets`` plus command-line overrides."""
+import copy
 import os.path as osp
 
 from mmengine.config import Config
@@ -62,12 +63,13 @@ def load_benchmark(path, opts=(), template=None):
 
 def select_split(bench, split):
     """Evaluate on another split file of the same folder ('val' -> ImageSets/Segmentation/val.txt, 'tune', ...);
-    a folder-listed set (no split file) only has its validation images, 'val'."""
+    a folder-listed set (no split file) only has its validation images, 'val'. Returns a changed copy."""
     current = bench.dataset.get('ann_file')
     if split is None or (osp.splitext(osp.basename(current))[0] if current else 'val') == split:
         return bench
     if not current:
         raise SegDataError(f'{bench.config_path}: {bench.dataset.type} lists a folder, it has no split {split!r}')
+    bench = copy.deepcopy(bench)
     bench.dataset.ann_file = osp.join(osp.dirname(current), f'{split}.txt')
     return bench
 

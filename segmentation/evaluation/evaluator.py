@@ -104,7 +104,7 @@ def evaluate_seg(model, cfg, *, benchmark=None, dataset=None, overrides=(), spli
     output_dir/vis. -> {'mIoU', 'aAcc', 'mAcc', 'per_class': {name: {'IoU', 'Acc'}}, 'protocol': {...},
     'seconds'} (metrics in percent), identical on every rank.
     """
-    bench = benchmark if benchmark is not None else select_split(benchmark_from_cfg(cfg, overrides), split)
+    bench = select_split(benchmark if benchmark is not None else benchmark_from_cfg(cfg, overrides), split)
     dataset = dataset if dataset is not None else build_benchmark_dataset(bench)
     model = getattr(model, 'module', model)
     was_training = model.training
@@ -119,6 +119,6 @@ def evaluate_seg(model, cfg, *, benchmark=None, dataset=None, overrides=(), spli
 
 def evaluate_background(cfg=None, *, benchmark=None, dataset=None, overrides=(), split=None, progress=False):
     """Metrics of predicting background everywhere on the same benchmark (a floor for mIoU)."""
-    bench = benchmark if benchmark is not None else select_split(benchmark_from_cfg(cfg, overrides), split)
+    bench = select_split(benchmark if benchmark is not None else benchmark_from_cfg(cfg, overrides), split)
     dataset = dataset if dataset is not None else build_benchmark_dataset(bench)
     return run_benchmark(_predict_background, dataset, bench, progress=progress, desc='seg background')
