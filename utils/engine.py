@@ -107,7 +107,8 @@ def train_one_epoch(t: Trainer, epoch: int) -> Dict[str, float]:
     cfg = t.cfg
     t.train_model.train()
     t.optimizer.zero_grad(set_to_none=True)
-    meters: Dict[str, AverageMeter] = {}
+    meters: Dict[str, AverageMeter] = {}  # epoch means (the log line)
+    window: Dict[str, AverageMeter] = {}  # means since the last log line (tensorboard and the loss plot)
     batch_time, grad_meter = AverageMeter(), AverageMeter()
     global_batch = int(cfg.data.batch_size) * get_world_size()
     bad_this_epoch: Dict[str, dict] = {}
@@ -130,6 +131,7 @@ def train_one_epoch(t: Trainer, epoch: int) -> Dict[str, float]:
         if finite:
             for name, value in terms.items():
                 meters.setdefault(name, AverageMeter()).update(value, inputs['image'].shape[0])
+                window.setdefault(name, AverageMeter()).update(value, inputs['image'].shape[0])
         update_is_bad |= not finite
         if not boundary:
             continue
@@ -153,7 +155,8 @@ def train_one_epoch(t: Trainer, epoch: int) -> Dict[str, float]:
         batch_time.update(time.time() - end)
         end = time.time()
         if idx % cfg.print_freq == 0 or idx + 1 == t.steps_per_epoch:
-            _log_progress(t, epoch, idx, meters, batch_time, grad_meter, global_batch * t.accumulation)
+            _log_progress(t, epoch, idx, meters, window, batch_time, grad_meter, global_batch * t.accumulation)
+            window = {}
     averages = meters_mean_over_ranks(meters, t.device)
     bad = sum_counts_over_ranks(bad_this_epoch)
     merge_counts(t.state.bad_data, bad)
@@ -165,10 +168,11 @@ def train_one_epoch(t: Trainer, epoch: int) -> Dict[str, float]:
     return averages
 
 
-def _log_progress(t: Trainer, epoch: int, idx: int, meters, batch_time: AverageMeter, grad_meter: AverageMeter,
-                  images_per_update: int):
+def _log_progress(t: Trainer, epoch: int, idx: int, meters, window, batch_time: AverageMeter,
+                  grad_meter: AverageMeter, images_per_update: int):
     cfg = t.cfg
     means = meters_mean_over_ranks(meters, t.device)
+    recent = meters_mean_over_ranks(window, t.device)
     lr = t.optimizer.param_groups[0]['lr']
     updates_left_epoch = (t.steps_per_epoch - idx - 1) // t.accumulation
     updates_left = updates_left_epoch + (cfg.train.epochs - epoch - 1) * (t.steps_per_epoch // t.accumulation)
@@ -179,7 +183,7 @@ def _log_progress(t: Trainer, epoch: int, idx: int, meters, batch_time: AverageM
     get_logger().info(
         f'Train [{epoch}/{cfg.train.epochs}][{idx + 1}/{t.steps_per_epoch}] step {t.state.step}  lr {lr:.3e}  '
         f'{terms}  grad_norm {grad_meter.val:.3f}  {speed:.1f} img/s  eta {eta_epoch} (run {eta_all})')
-    scalars = {f'train/{k}': v for k, v in means.items()}
+    scalars = {f'train/{k}': v for k, v in recent.items()}
     scalars.update({'train/lr': lr, 'train/grad_norm': grad_meter.val, 'train/images_per_s': speed})
     t.writer.scalars(scalars, t.state.step)
 

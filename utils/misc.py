@@ -33,6 +33,19 @@ def barrier():
         dist.barrier()
 
 
+def wrap_ddp(model: torch.nn.Module, device: torch.device, find_unused_parameters: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel when more than one process runs, the model itself otherwise.
+
+    Buffers are synchronised from rank 0 at construction only: the projectors' batch norms compute global
+    statistics themselves and PGSeg's prototype buffers are updated with the mean over ranks.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == 'cuda' else None, forward_sync_buffers=False,
+        find_unused_parameters=find_unused_parameters)
+
+
 def seed_everything(seed: int):
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -1,0 +1,282 @@
+"""Train PGSeg / GroupViT on webdataset image-caption shards, or evaluate zero-shot ImageNet classification.
+
+    python main_pg_seg.py configs/toy/pgseg_tiny.yml                      # one process (CPU or one GPU)
+    python -m torch.distributed.run --nproc_per_node 8 main_pg_seg.py --cfg configs/pgseg_specific.yml
+    python main_pg_seg.py CFG --resume CKPT --eval                        # zero-shot classification only
+"""
+import argparse
+import json
+import os.path as osp
+import sys
+
+from omegaconf import OmegaConf
+
+from datasets import (build_class_tokens, build_img_transform, build_text_transform, build_train_data,
+                      build_val_loader, format_counts, get_templates, tokenize, val_class_names)
+from datasets.imagenet import ClassListError
+from datasets.shards import ShardConfigError, collect_shards, describe_shards
+from models import build_model
+from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from utils.config import ConfigError, get_config
+from utils.distributed import get_rank, get_world_size, is_main_process
+from utils.engine import NonFiniteLossError, Trainer, TrainState, evaluate_cls, train_one_epoch
+from utils.logging import MetricWriter, get_logger, setup_logger
+from utils.misc import barrier, close_distributed, init_distributed, seed_everything, wrap_ddp
+from utils.optim import build_optimizer
+from utils.plots import plot_loss_curves
+from utils.precision import Precision
+from utils.resume import epoch_checkpoint_path, init_weights, is_full_state, newest_loadable, prune, restore
+from utils.scheduler import accumulation, build_scheduler, scale_lr
+
+RUN_ERRORS = (ConfigError, ShardConfigError, CheckpointError, ClassListError, NonFiniteLossError)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser('PGSeg / GroupViT training and zero-shot classification')
+    parser.add_argument('config', nargs='?', help='config file (same as --cfg)')
+    parser.add_argument('--cfg', help='config file')
+    parser.add_argument('--opts', nargs='+', help="config overrides 'a.b=value' ...")
+    parser.add_argument('--batch-size', type=int, help='batch size per process (data.batch_size)')
+    parser.add_argument('--resume', help='checkpoint to resume (a weights-only file is used as init)')
+    parser.add_argument('--init', help='weights-only initialisation from a checkpoint (checkpoint.init)')
+    parser.add_argument('--amp-opt-level', choices=['O0', 'O1', 'O2'],
+                        help='O0 float32, O1 float16 autocast + GradScaler, O2 bfloat16 autocast')
+    parser.add_argument('--output', help='output root; the run folder is <output>/<model_name>/<tag>')
+    parser.add_argument('--tag', help='experiment tag')
+    parser.add_argument('--eval', action='store_true', help='zero-shot classification only')
+    parser.add_argument('--wandb', action='store_true', help='also log to Weights & Biases')
+    parser.add_argument('--keep', type=int, help='number of epoch checkpoints to keep (checkpoint.max_kept)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if bool(args.config) == bool(args.cfg):
+        parser.error('give the config file once, positionally or as --cfg')
+    args.cfg = args.cfg or args.config
+    return args
+
+
+def class_tokens(cfg) -> dict:
+    """{template set: tokens [N, T, L]} for the selection template and evaluate.cls.extra_templates."""
+    names = [cfg.evaluate.cls.template, *OmegaConf.select(cfg, 'evaluate.cls.extra_templates', default=[])]
+    classes = val_class_names(cfg.data)
+    return {n: build_class_tokens(classes, get_templates(n), tokenize, cfg.data.text_aug.max_seq_len)
+            for n in dict.fromkeys(names)}
+
+
+def run_cls_eval(cfg, model, device, precision, val_loader, tokens, writer=None, step=0) -> dict:
+    logger = get_logger()
+    results = evaluate_cls(model, val_loader, tokens, device, precision)
+    bad = results.pop('bad')
+    val_name = ','.join(cfg.data.dataset.val)
+    for name, r in results.items():
+        logger.info(f"zero-shot {val_name} ({name} templates): acc1 {r['acc1']:.2f}  acc5 {r['acc5']:.2f}  "
+                    f"over {r['count']} images")
+        if writer is not None:
+            writer.scalars({f'val/acc1_{name}': r['acc1'], f'val/acc5_{name}': r['acc5']}, step)
+    if bad:
+        logger.info(f'bad validation data: {format_counts(bad)}')
+    return results
+
+
+def seg_split(cfg) -> str:
+    """The segmentation split that evaluation (and so the best-mIoU checkpoint) uses, for logs and checkpoints."""
+    split = OmegaConf.select(cfg, 'evaluate.seg.select_split', default=None)
+    return f'{cfg.evaluate.seg.cfg} [{split or "configured split"}]'
+
+
+def run_seg_eval(cfg, model):
+    """mIoU from segmentation.evaluation.evaluate_seg, or None when that is not available or fails."""
+    logger = get_logger()
+    try:
+        from segmentation.evaluation import evaluate_seg
+    except ImportError as e:
+        logger.info(f'zero-shot segmentation evaluation skipped: segmentation.evaluation.evaluate_seg is not '
+                    f'available ({e})')
+        return None
+    split = OmegaConf.select(cfg, 'evaluate.seg.select_split', default=None)
+    try:
+        result = evaluate_seg(model, cfg, **({'split': split} if split else {}))
+    except Exception:  # a failing evaluation must not end a long training run; the traceback goes to the log
+        logger.exception('zero-shot segmentation evaluation failed; training continues')
+        return None
+    miou = float(result['mIoU'] if isinstance(result, dict) else result)
+    logger.info(f'zero-shot segmentation mIoU {miou:.2f} on {seg_split(cfg)}')
+    return miou
+
+
+def save_state(cfg, path, model, optimizer, scheduler, precision, state: TrainState, epoch: int, **extra) -> str:
+    """Full training state after ``epoch`` (the last epoch completed)."""
+    return save_checkpoint(path, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(),
+                           precision.state_dict(),
+                           extra={'epoch': epoch, 'step': state.step, 'config': cfg,
+                                  'metrics': {'best': state.best, 'bad_data': state.bad_data,
+                                              'nonfinite_total': state.nonfinite_total}, **extra})
+
+
+def resume_or_init(cfg, model, optimizer, scheduler, precision) -> TrainState:
+    """auto-resume > checkpoint.resume (full state, or init when weights-only) > checkpoint.init."""
+    logger = get_logger()
+    state = TrainState(epoch=int(cfg.train.start_epoch))
+    path, content = newest_loadable(cfg.output) if cfg.checkpoint.auto_resume else (None, None)
+    if path is None and cfg.checkpoint.resume:
+        content = load_checkpoint(cfg.checkpoint.resume)
+        path = cfg.checkpoint.resume
+        if cfg.checkpoint.resume_weights_only or not is_full_state(content):
+            why = ('checkpoint.resume_weights_only is set' if cfg.checkpoint.resume_weights_only
+                   else 'it holds weights only (no training state of this project)')
+            logger.info(f'checkpoint.resume {path}: treated as init because {why}')
+            init_weights(model, path, reason='checkpoint.resume as init')
+            return state
+    elif path is not None and cfg.checkpoint.resume:
+        logger.info(f'auto-resume: a checkpoint in {cfg.output} takes precedence over checkpoint.resume')
+    if path is not None:
+        logger.info(f'resuming from {path}')
+        state.epoch, state.step = restore(content, model, optimizer, scheduler, precision)
+        metrics = content.get('metrics') or {}
+        state.best = dict(metrics.get('best') or {})
+        state.bad_data = dict(metrics.get('bad_data') or {})
+        state.nonfinite_total = int(metrics.get('nonfinite_total') or 0)
+        logger.info(f'resumed at epoch {state.epoch}, step {state.step}')
+    elif cfg.checkpoint.init:
+        init_weights(model, cfg.checkpoint.init)
+    return state
+
+
+def update_best(cfg, key, value, split, epoch, state: TrainState, save) -> None:
+    if value is None or value <= state.best.get(key, {}).get('value', float('-inf')):
+        return
+    state.best[key] = {'value': value, 'epoch': epoch, 'split': split}
+    path = save(osp.join(cfg.output, f'ckpt_best_{key}'), epoch, best={'metric': key, **state.best[key]})
+    get_logger().info(f'new best {key} {value:.2f} on {split} at epoch {epoch}: {path}')
+
+
+def evaluate_epoch(cfg, epoch, trainer: Trainer, val_loader, tokens, save):
+    state = trainer.state
+    if 'cls' in cfg.evaluate.task and val_loader is not None:
+        results = run_cls_eval(cfg, trainer.model, trainer.device, trainer.precision, val_loader, tokens,
+                               trainer.writer, state.step)
+        acc1 = results[cfg.evaluate.cls.template]['acc1']
+        split = f"{','.join(cfg.data.dataset.val)} ({cfg.evaluate.cls.template} templates)"
+        if cfg.evaluate.cls.save_best:
+            update_best(cfg, 'acc1', acc1, split, epoch, state, save)
+    if 'seg' in cfg.evaluate.task:
+        miou = run_seg_eval(cfg, trainer.model)
+        if miou is not None:
+            trainer.writer.scalars({'val/miou': miou}, state.step)
+            if cfg.evaluate.seg.save_best:
+                update_best(cfg, 'miou', miou, seg_split(cfg), epoch, state, save)
+        trainer.model.train()
+
+
+def train(cfg, model, device, precision):
+    logger = get_logger()
+    rank, world = get_rank(), get_world_size()
+    lrs = scale_lr(cfg.train, int(cfg.data.batch_size), world)
+    accum = accumulation(cfg.train)
+    logger.info(f'batch {cfg.data.batch_size} per process x {world} processes x {accum} accumulation steps: '
+                + lrs.describe())
+    _, length, report = collect_shards(cfg.data, 'train')
+    missing = describe_shards(report)
+    if missing:
+        logger.warning(f'missing training shards: {missing}')
+    steps_per_epoch = max(1, length // (int(cfg.data.batch_size) * world))
+    updates_per_epoch = max(1, steps_per_epoch // accum)
+    logger.info(f'{length} training samples: {steps_per_epoch} batches, {updates_per_epoch} optimizer steps per epoch')
+    optimizer = build_optimizer(cfg.train, model, lrs.base_lr)
+    scheduler = build_scheduler(cfg.train, optimizer, lrs, updates_per_epoch)
+    state = resume_or_init(cfg, model, optimizer, scheduler, precision)
+    seed_everything(int(cfg.seed) + rank + 1_000_003 * state.epoch)
+    data = build_train_data(cfg.data, build_img_transform(True, cfg.data.img_aug),
+                            build_text_transform(True, cfg.data.text_aug, tokenize), rank, world,
+                            int(cfg.data.seed) + 1_000_003 * state.epoch)
+    train_model = wrap_ddp(model, device, OmegaConf.select(cfg, 'train.find_unused_parameters', default=False))
+    writer = MetricWriter(cfg.output, rank, bool(cfg.wandb), cfg.model_name,
+                          OmegaConf.to_container(cfg, resolve=True))
+    val_loader = tokens = None
+    if 'cls' in cfg.evaluate.task:
+        val_loader, _ = build_val_loader(cfg.data, build_img_transform(False, cfg.data.img_aug), rank, world)
+        tokens = class_tokens(cfg)
+
+    def save(path, epoch, **extra):
+        out = save_state(cfg, path, model, optimizer, scheduler, precision, state, epoch, **extra) if rank == 0 else path
+        barrier()
+        return out
+
+    trainer = Trainer(cfg, model, train_model, optimizer, scheduler, precision, iter(data.loader), steps_per_epoch,
+                      accum, device, writer, state,
+                      nonfinite_patience=int(OmegaConf.select(cfg, 'train.nonfinite_patience', default=10)),
+                      on_nonfinite_stop=lambda: save(osp.join(cfg.output, f'ckpt_nonfinite_step_{state.step}'),
+                                                     state.epoch - 1))
+    logger.info(f'training epochs {state.epoch}..{cfg.train.epochs - 1}')
+    try:
+        for epoch in range(state.epoch, cfg.train.epochs):
+            state.epoch = epoch
+            train_one_epoch(trainer, epoch)
+            last = epoch == cfg.train.epochs - 1
+            if epoch % cfg.checkpoint.save_freq == 0 or last:
+                path = save(epoch_checkpoint_path(cfg.output, epoch), epoch)
+                logger.info(f'saved {path}')
+                if rank == 0:
+                    prune(cfg.output, int(cfg.checkpoint.max_kept))
+            if epoch % cfg.evaluate.eval_freq == 0 or last:
+                evaluate_epoch(cfg, epoch, trainer, val_loader, tokens, save)
+    finally:
+        if rank == 0:
+            figure = plot_loss_curves(writer.history, osp.join(cfg.output, 'loss_curves.png'))
+            if figure:
+                logger.info(f'loss curves: {figure}')
+        writer.close()
+    logger.info(f'done: best {json.dumps(state.best)}; bad training data over the run: '
+                f'{format_counts(state.bad_data)}; non-finite steps skipped: {state.nonfinite_total}')
+
+
+def evaluate_only(cfg, model, device, precision):
+    logger = get_logger()
+    path = cfg.checkpoint.resume
+    if not path and cfg.checkpoint.auto_resume:
+        path, _ = newest_loadable(cfg.output)
+    if path:
+        init_weights(model, path, reason='--eval')
+    else:
+        logger.warning('--eval without --resume and no checkpoint in the output folder: evaluating random weights')
+    rank, world = get_rank(), get_world_size()
+    val_loader, _ = build_val_loader(cfg.data, build_img_transform(False, cfg.data.img_aug), rank, world)
+    results = run_cls_eval(cfg, model, device, precision, val_loader, class_tokens(cfg))
+    if is_main_process():
+        with open(osp.join(cfg.output, 'zero_shot_cls.json'), 'w') as f:
+            json.dump({'checkpoint': path, 'val': list(cfg.data.dataset.val), **results}, f, indent=1)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = init_distributed()
+    rank = get_rank()
+    setup_logger(None, rank)
+    logger = get_logger()
+    try:
+        cfg = get_config(args)
+        if args.init:
+            cfg.checkpoint.init = args.init
+        setup_logger(cfg.output, rank)
+        if rank == 0:
+            OmegaConf.save(cfg, osp.join(cfg.output, 'config.yaml'))
+        logger.info(f'command: {" ".join(sys.argv)}')
+        logger.info(f'output folder {cfg.output}; device {device}; {get_world_size()} processes')
+        seed_everything(int(cfg.seed))
+        model = build_model(cfg.model).to(device)
+        logger.info(f'{cfg.model.type}/{cfg.model.img_encoder.type}: '
+                    f'{sum(p.numel() for p in model.parameters() if p.requires_grad)} trainable parameters')
+        precision = Precision(cfg.train.amp_opt_level, device.type)
+        logger.info(f'precision {precision.describe()}')
+        if cfg.evaluate.eval_only:
+            evaluate_only(cfg, model, device, precision)
+        else:
+            train(cfg, model, device, precision)
+    except RUN_ERRORS as e:
+        logger.error(str(e))
+        close_distributed()
+        sys.exit(1)
+    close_distributed()
+
+
+if __name__ == '__main__':
+    main()
