@@ -1,0 +1,1 @@
+"""Demo command line, web app and their shared inference and drawing code."""
