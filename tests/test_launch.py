@@ -1,4 +1,5 @@
 """tools/dist_launch.sh, dist_mn_launch.sh, slurm_train.sh: 2-process gloo runs on CPU and usage errors."""
+import glob
 import os
 import signal
 import socket
@@ -7,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+
+from tools.make_toy_data import make_toy_world
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(REPO, 'tools')
@@ -41,10 +44,10 @@ def job(tmp_path):
     return dict(script=str(script), cfg=str(cfg), out=tmp_path, env=env)
 
 
-def start(cmd, env):
+def start(cmd, env, cwd=None):
     """Start ``cmd`` in its own process group, so that a hung run can be killed with all its children."""
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, cwd=cwd)
 
 
 def finish(procs, timeout=120):
@@ -112,6 +115,24 @@ status=0; for p in $(jobs -p); do wait "$p" || status=1; done; exit $status
     srun_args = (tmp_path / 'srun.log').read_text().split()
     for flag in ('--partition=debug', '--nodes=2', '--ntasks-per-node=1', '--gres=gpu:1', '--time=00:05:00'):
         assert flag in srun_args
+
+
+def test_dist_launch_trains_main_pg_seg_on_cpu(job, tmp_path):
+    """2 processes, one short epoch of a tiny GroupViT on the toy world; the run folder records world size 2."""
+    world = tmp_path / 'toy'
+    make_toy_world(str(world), train_samples=64, samples_per_shard=16, cls_samples=16, seg_val=1, seg_tune=1)
+    tiny = ['model.img_encoder.embed_dim=32', 'model.img_encoder.num_heads=[2,2,2]',
+            'model.img_encoder.depths=[1,1,1]', 'model.img_encoder.num_group_tokens=[8,4,0]',
+            'model.img_encoder.num_output_groups=[8,4]', 'model.text_encoder.width=32', 'model.text_encoder.layers=1',
+            'model.output_dim=32', 'data.num_workers=0', 'train.epochs=1', 'train.warmup_epochs=0',
+            'data.dataset.meta.toy_train.length=32', 'data.dataset.meta.toy_val.length=16']
+    out = tmp_path / 'out'
+    cmd = [os.path.join(TOOLS, 'dist_launch.sh'), 'main_pg_seg.py', 'configs/toy/groupvit_tiny.yml', '2',
+           '--output', str(out), '--batch-size', '8', '--opts', f'data.root={world}', *tiny]
+    [(rc, output)] = finish([start(cmd, job['env'], cwd=REPO)], timeout=300)
+    assert rc == 0, output[-4000:]
+    (run_dir,) = glob.glob(str(out / '*_bs8x2' / '*'))
+    assert glob.glob(os.path.join(run_dir, 'ckpt_epoch_0*')), os.listdir(run_dir)
 
 
 @pytest.mark.parametrize('script,args,message', [
