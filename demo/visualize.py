@@ -138,6 +138,10 @@ def group_overlay(image, groups: np.ndarray, num_groups: int, offset: int = 0) -
     return overlay(image, groups, group_palette(num_groups, offset))
 
 
+def percent(share: float) -> str:
+    return '<1%' if 0 < share < 0.01 else f'{100 * share:.0f}%'
+
+
 def group_label_picture(image, groups: np.ndarray, group_names: dict, num_groups: int, offset: int = 0):
     """Final groups in their fixed colours, each named by the class it matches best ('g3 dog 0.82'), with a
     legend 'group k: class score' ordered by area."""
@@ -147,6 +151,6 @@ def group_label_picture(image, groups: np.ndarray, group_names: dict, num_groups
                          {g: f'g{g} {text}' for g, text in group_names.items()}, size=14)
     areas = {g: int((groups == g).sum()) for g in group_names}
     order = sorted(group_names, key=lambda g: -areas[g])
-    entries = [(f'group {g}: {group_names[g]} ({100 * areas[g] / groups.size:.0f}% of pixels)', palette[g])
+    entries = [(f'group {g}: {group_names[g]} ({percent(areas[g] / groups.size)} of pixels)', palette[g])
                for g in order]
     return above(picture, legend(entries, picture.shape[1]))

@@ -147,15 +147,25 @@ def test_unexportable_model_and_bad_folder_give_one_line_errors(tmp_path):
     assert 'model.safetensors' in str(err.value)
 
 
-def test_name_mapping_is_total_for_published_models():
-    """Every weight of the published GroupViT maps to a distinct transformers name that GroupViTModel has."""
+REFERENCE = os.path.join(os.path.dirname(ROOT), 'shared', 'reference')
+
+
+@pytest.mark.parametrize('name,cfg_file,dropped', [
+    ('groupvit_gcc_yfcc_30e', 'group_vit_gcc_yfcc_30e.yml', ['multi_label_logit_scale']),
+    ('pgseg_specific', 'pgseg_specific.yml', ['img_encoder.layers.0.downsample_spatial.',
+                                              'img_encoder.layers.1.downsample_spatial.', 'img_encoder.logit_scale',
+                                              'img_encoder.mapping_text.', 'text_encoder.Atten.'])])
+def test_published_state_dicts_map_onto_groupvitmodel(name, cfg_file, dropped):
+    """Every weight of the published checkpoints (names and shapes from shared/reference) maps to a distinct
+    GroupViTModel weight of the same shape, or (PGSeg's extra modules) is kept aside."""
     from transformers import GroupViTModel
-    cfg = load_config(os.path.join(ROOT, 'configs', 'group_vit_gcc_yfcc_30e.yml'))
-    with torch.device('meta'):
-        ours = build_model(cfg.model)
-    state = {k: v for k, v in ours.state_dict().items()}
+    with open(os.path.join(REFERENCE, f'official_state_dict_{name}.json')) as f:
+        shapes = json.load(f)['keys']
+    state = {k: torch.zeros(v, device='meta') for k, v in shapes.items()}
     hf_state, extra = export_hf.to_hf_state(state)
-    assert sorted(extra) == ['multi_label_logit_scale']
+    assert all(any(k.startswith(prefix) for prefix in dropped) for k in extra)
+    assert all(any(k.startswith(prefix) for k in extra) for prefix in dropped)
+    cfg = load_config(os.path.join(ROOT, 'configs', cfg_file))
     config = export_hf.hf_config(cfg.model, {**state, 'logit_scale': torch.tensor(2.0)})
     with torch.device('meta'):
         hf = GroupViTModel(config)
