@@ -376,10 +376,19 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def module_of(name: str) -> str:
+    """'img_encoder.layers.0.downsample_spatial.mu' -> 'img_encoder.layers.*.downsample_spatial';
+    'text_encoder.Atten.mu' -> 'text_encoder.Atten'; a top-level tensor stays as it is."""
+    m = re.match(r'img_encoder\.layers\.\d+\.([^.]+)', name)
+    if m:
+        return f'img_encoder.layers.*.{m.group(1)}'
+    return '.'.join(name.split('.')[:2])
+
+
 def _report_export(args, summary) -> None:
     print(f'wrote transformers GroupViTModel folder {args.dst}')
     if summary['dropped']:
-        groups = sorted({re.sub(r'\.\d+\.', '.*.', k).rsplit('.', 1)[0] for k in summary['dropped']})
+        groups = sorted({module_of(k) for k in summary['dropped']})
         print(f'not in transformers GroupViTModel ({len(summary["dropped"])} tensors, kept in {EXTRA_WEIGHTS} for '
               f'--import): {", ".join(groups[:8])}{" ..." if len(groups) > 8 else ""}')
     if summary['lossy']:
