@@ -5,7 +5,6 @@ gives the resize, the sliding window, the template set, the background rule and 
 `ZeroShotSegmentor` does the per-crop inference (`zero_shot_logits`' arithmetic) and the sliding window.
 """
 import glob
-import logging
 import os
 import os.path as osp
 import warnings
@@ -29,7 +28,6 @@ ALIASES = {'voc': 'pascal_voc12', 'context': 'pascal_context', 'coco': 'coco', '
            'voc20': 'tcl_voc20', 'toy': 'toy'}
 # at most this many times the crop area is encoded at once for the group maps (the image is downscaled past it)
 GROUP_MAP_CROPS = 4
-logger = logging.getLogger(__name__)
 
 
 class DemoError(Exception):
