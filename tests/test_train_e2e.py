@@ -33,11 +33,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def command(world_root, output, *extra, epochs=2, nproc=1):
+def command(world_root, output, *extra, epochs=2, nproc=1, cfg=CFG):
     launcher = [sys.executable]
     if nproc > 1:
         launcher += ['-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_port', str(free_port())]
-    return [*launcher, 'main_pg_seg.py', CFG, '--output', str(output), '--batch-size', '16', *extra,
+    return [*launcher, 'main_pg_seg.py', cfg, '--output', str(output), '--batch-size', '16', *extra,
             '--opts', f'data.root={world_root}', f'train.epochs={epochs}', *TINY]
 
 
@@ -181,3 +181,16 @@ def test_sigkill_then_same_command_resumes_and_finishes(worlds):
     assert re.findall(r'Train \[2/3\]\[8/8\] step (\d+)', restart) == ['24']
     assert is_complete(os.path.join(run_dir(output), 'ckpt_epoch_2'))
     assert not os.path.exists(os.path.join(run_dir(output), 'ckpt_epoch_0'))  # max_kept: 2
+
+
+def test_pgseg_initialised_from_the_groupvit_run(single, worlds):
+    init = os.path.join(run_dir(single['output']), 'ckpt_epoch_1')
+    output = worlds['tmp'] / 'pgseg'
+    run(command(worlds['clean'], output, '--init', init, epochs=1, cfg='configs/toy/pgseg_tiny.yml'))
+    log = log_text(output)
+    new = re.search(r'newly initialised: (.*)', log).group(1).split(', ')
+    assert 'img_encoder.layers.0.downsample_spatial.mu' in new and 'img_encoder.logit_scale' in new
+    assert not any(n.startswith('img_encoder.layers.0.blocks') for n in new)
+    assert re.search(r'epoch 0 done in [0-9:]+: loss [0-9.]+ loss_pg [0-9.]+ total_loss', log)
+    state = load_checkpoint(os.path.join(run_dir(output), 'ckpt_epoch_0'))
+    assert state['model']['img_encoder.layers.1.downsample_spatial.mu'].isfinite().all()

@@ -95,13 +95,16 @@ def test_precision_levels():
 
 
 class Scripted(nn.Module):
-    """loss = w^2 * scale, where scale comes from the batch's text (NaN/inf to inject non-finite losses)."""
+    """loss = w^2 * scale, where scale comes from the batch's text (NaN/inf to inject non-finite losses);
+    a buffer accumulates the scales during the forward, like PGSeg's prototype momentum buffers."""
 
     def __init__(self):
         super().__init__()
         self.w = nn.Parameter(torch.ones(1))
+        self.register_buffer('seen', torch.zeros(1))
 
     def forward(self, image, text):
+        self.seen += text[0]
         return {'loss': (self.w ** 2).sum() * text[0]}
 
 
@@ -130,6 +133,7 @@ def test_nonfinite_loss_skips_the_step_and_recovers():
     trainer.optimizer.step = step_and_record
     averages = train_one_epoch(trainer, 0)
     assert len(weights) == 3  # only the three finite steps moved the weights
+    assert trainer.model.seen.item() == 3.0  # buffers changed by the non-finite forwards were put back
     assert trainer.state.step == 5 and trainer.state.nonfinite_total == 2 and trainer.state.nonfinite_in_a_row == 0
     assert saved == [] and math.isfinite(averages['loss'])
 

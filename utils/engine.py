@@ -75,6 +75,29 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
 
 
+def _forward_backward(t: Trainer, inputs: dict, sync: bool):
+    """One micro-batch: forward, finiteness check over ranks, backward of loss / accumulation.
+
+    Returns (loss terms incl. 'total_loss', finite). When the loss is non-finite the module's buffers are put back
+    as they were before the forward (PGSeg's prototypes and batch-norm statistics update during the forward and
+    would otherwise keep the NaN after the optimizer step is skipped).
+    """
+    buffers = {name: b.detach().clone() for name, b in t.model.named_buffers()}
+    with (contextlib.nullcontext() if sync else t.train_model.no_sync()):
+        with t.precision.autocast():
+            losses = t.train_model(image=inputs['image'], text=inputs['text'])
+        loss = sum(losses.values())
+        finite = all_finite(loss)
+        t.precision.backward(loss / t.accumulation)
+    if not finite:
+        with torch.no_grad():
+            for name, b in t.model.named_buffers():
+                b.copy_(buffers[name])
+    terms = {name: float(v.detach()) for name, v in losses.items()}
+    terms['total_loss'] = float(loss.detach())
+    return terms, finite
+
+
 def _optimizer_update(t: Trainer) -> float:
     """Unscale, clip, step (unless the gradient is non-finite). Returns the gradient norm before clipping."""
     t.precision.unscale(t.optimizer)
@@ -120,14 +143,7 @@ def train_one_epoch(t: Trainer, epoch: int) -> Dict[str, float]:
         inputs = _to_device(batch, t.device)
         boundary = (idx + 1) % t.accumulation == 0 or idx + 1 == t.steps_per_epoch
         sync = boundary or not isinstance(t.train_model, torch.nn.parallel.DistributedDataParallel)
-        with (contextlib.nullcontext() if sync else t.train_model.no_sync()):
-            with t.precision.autocast():
-                losses = t.train_model(image=inputs['image'], text=inputs['text'])
-            loss = sum(losses.values())
-            finite = all_finite(loss)
-            t.precision.backward(loss / t.accumulation)
-        terms = {name: float(v.detach()) for name, v in losses.items()}
-        terms['total_loss'] = float(loss.detach())
+        terms, finite = _forward_backward(t, inputs, sync)
         if finite:
             for name, value in terms.items():
                 meters.setdefault(name, AverageMeter()).update(value, inputs['image'].shape[0])
