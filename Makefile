@@ -1,8 +1,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+MINUTES ?= 15
 
-.PHONY: test install quickstart
+.PHONY: test install browser quickstart
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
@@ -12,5 +13,13 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed
 
-test: install
+# Debian's chromium + chromium-driver for the web demo's browser test.
+browser:
+	bash tests/setup_browser.sh
+
+test: install browser
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+# The main job: toy world -> train the tiny model on CPU -> zero-shot classification and segmentation.
+quickstart: install
+	$(PY) tools/quickstart.py --minutes $(MINUTES)
