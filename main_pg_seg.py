@@ -188,7 +188,10 @@ def train(cfg, model, device, precision):
     data = build_train_data(cfg.data, build_img_transform(True, cfg.data.img_aug),
                             build_text_transform(True, cfg.data.text_aug, tokenize), rank, world,
                             int(cfg.data.seed) + 1_000_003 * state.epoch)
-    train_model = wrap_ddp(model, device, OmegaConf.select(cfg, 'train.find_unused_parameters', default=False))
+    find_unused = OmegaConf.select(cfg, 'train.find_unused_parameters', default=None)
+    if find_unused is None:  # PGSeg leaves some parameters without gradient in some steps; GroupViT uses all
+        find_unused = bool(getattr(model, 'with_prototypes', True))
+    train_model = wrap_ddp(model, device, find_unused)
     writer = MetricWriter(cfg.output, rank, bool(cfg.wandb), cfg.model_name,
                           OmegaConf.to_container(cfg, resolve=True))
     val_loader = tokens = None

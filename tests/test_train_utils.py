@@ -247,3 +247,43 @@ def test_newest_loadable_checkpoint_skips_a_corrupt_one(tmp_path, caplog):
     assert 'ckpt_epoch_2 is unreadable' in caplog.text
     prune(str(tmp_path), 1)
     assert sorted(os.listdir(tmp_path)) == ['ckpt_epoch_2']
+
+
+def test_wandb_requested_but_missing_falls_back_to_tensorboard(tmp_path, monkeypatch, caplog):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_wandb(name, *args, **kwargs):
+        if name == 'wandb':
+            raise ImportError('No module named wandb')
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, '__import__', no_wandb)
+    writer = MetricWriter(str(tmp_path), rank=0, use_wandb=True)
+    writer.scalars({'train/loss': 1.0}, 0)
+    writer.close()
+    assert writer.wandb is None and 'wandb is not installed' in caplog.text
+
+
+@pytest.mark.parametrize('level,steps', [('O1', 24), ('O2', 2)])
+def test_mixed_precision_training_steps_on_cpu(level, steps):
+    """O1 (float16 + GradScaler) and O2 (bfloat16) train a real tiny model; master weights stay float32."""
+    torch.manual_seed(0)
+    model = tiny_model()
+    cfg = OmegaConf.create({'train': {**TRAIN, 'epochs': 1}, 'print_freq': 10, 'data': {'batch_size': 4}})
+    opt = build_optimizer(cfg.train, model, 1e-3)
+    # O1's GradScaler starts at 2**16 and skips steps (halving it) until float16 gradients stop overflowing
+    sched = build_scheduler(cfg.train, opt, scale_lr(cfg.train, 4096, 1), steps)
+    text = torch.randint(1, 98, (4, 8))
+    text[:, 5] = 99
+    batches = iter([{'image': torch.randn(4, 3, 32, 32), 'text': text} for _ in range(steps)])
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    precision = Precision(level, 'cpu')
+    trainer = Trainer(cfg, model, model, opt, sched, precision, batches, steps, 1, torch.device('cpu'),
+                      MetricWriter('unused', rank=1), TrainState())
+    averages = train_one_epoch(trainer, 0)
+    assert math.isfinite(averages['loss']) and trainer.state.step == steps and trainer.state.nonfinite_total == 0
+    if level == 'O1':
+        assert precision.scaler.get_scale() < 2.0 ** 16
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert 'img_encoder.pos_embed' in moved and 'text_encoder.positional_embedding' in moved
+    assert all(p.dtype == torch.float32 for p in model.parameters())
