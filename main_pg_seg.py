@@ -11,21 +11,22 @@ import sys
 
 from omegaconf import OmegaConf
 
-from datasets import (build_class_tokens, build_img_transform, build_text_transform, build_train_data,
-                      build_val_loader, format_counts, get_templates, tokenize, val_class_names)
+from datasets import (build_img_transform, build_text_transform, build_train_data, build_val_loader, format_counts,
+                      tokenize)
 from datasets.imagenet import ClassListError
 from datasets.shards import ShardConfigError, collect_shards, describe_shards
 from models import build_model
-from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, get_config
 from utils.distributed import get_rank, get_world_size, is_main_process
-from utils.engine import NonFiniteLossError, Trainer, TrainState, evaluate_cls, train_one_epoch
+from utils.engine import NonFiniteLossError, Trainer, train_one_epoch
+from utils.evaluation import class_tokens, evaluate_epoch, run_cls_eval
 from utils.logging import MetricWriter, get_logger, setup_logger
 from utils.misc import barrier, close_distributed, init_distributed, seed_everything, wrap_ddp
 from utils.optim import build_optimizer
 from utils.plots import plot_loss_curves
 from utils.precision import Precision
-from utils.resume import epoch_checkpoint_path, init_weights, is_full_state, newest_loadable, prune, restore
+from utils.resume import epoch_checkpoint_path, init_weights, newest_loadable, prune, resume_or_init, save_state
 from utils.scheduler import accumulation, build_scheduler, scale_lr
 
 RUN_ERRORS = (ConfigError, ShardConfigError, CheckpointError, ClassListError, NonFiniteLossError)
@@ -52,119 +53,6 @@ def parse_args(argv=None):
         parser.error('give the config file once, positionally or as --cfg')
     args.cfg = args.cfg or args.config
     return args
-
-
-def class_tokens(cfg) -> dict:
-    """{template set: tokens [N, T, L]} for the selection template and evaluate.cls.extra_templates."""
-    names = [cfg.evaluate.cls.template, *OmegaConf.select(cfg, 'evaluate.cls.extra_templates', default=[])]
-    classes = val_class_names(cfg.data)
-    return {n: build_class_tokens(classes, get_templates(n), tokenize, cfg.data.text_aug.max_seq_len)
-            for n in dict.fromkeys(names)}
-
-
-def run_cls_eval(cfg, model, device, precision, val_loader, tokens, writer=None, step=0) -> dict:
-    logger = get_logger()
-    results = evaluate_cls(model, val_loader, tokens, device, precision)
-    bad = results.pop('bad')
-    val_name = ','.join(cfg.data.dataset.val)
-    for name, r in results.items():
-        logger.info(f"zero-shot {val_name} ({name} templates): acc1 {r['acc1']:.2f}  acc5 {r['acc5']:.2f}  "
-                    f"over {r['count']} images")
-        if writer is not None:
-            writer.scalars({f'val/acc1_{name}': r['acc1'], f'val/acc5_{name}': r['acc5']}, step)
-    if bad:
-        logger.info(f'bad validation data: {format_counts(bad)}')
-    return results
-
-
-def seg_split(cfg) -> str:
-    """The segmentation split that evaluation (and so the best-mIoU checkpoint) uses, for logs and checkpoints."""
-    split = OmegaConf.select(cfg, 'evaluate.seg.select_split', default=None)
-    return f'{cfg.evaluate.seg.cfg} [{split or "configured split"}]'
-
-
-def run_seg_eval(cfg, model):
-    """mIoU from segmentation.evaluation.evaluate_seg, or None when that is not available or fails."""
-    logger = get_logger()
-    try:
-        from segmentation.evaluation import evaluate_seg
-    except ImportError as e:
-        logger.info(f'zero-shot segmentation evaluation skipped: segmentation.evaluation.evaluate_seg is not '
-                    f'available ({e})')
-        return None
-    split = OmegaConf.select(cfg, 'evaluate.seg.select_split', default=None)
-    try:
-        result = evaluate_seg(model, cfg, **({'split': split} if split else {}))
-    except Exception:  # a failing evaluation must not end a long training run; the traceback goes to the log
-        logger.exception('zero-shot segmentation evaluation failed; training continues')
-        return None
-    miou = float(result['mIoU'] if isinstance(result, dict) else result)
-    logger.info(f'zero-shot segmentation mIoU {miou:.2f} on {seg_split(cfg)}')
-    return miou
-
-
-def save_state(cfg, path, model, optimizer, scheduler, precision, state: TrainState, epoch: int, **extra) -> str:
-    """Full training state after ``epoch`` (the last epoch completed)."""
-    return save_checkpoint(path, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(),
-                           precision.state_dict(),
-                           extra={'epoch': epoch, 'step': state.step, 'config': cfg,
-                                  'metrics': {'best': state.best, 'bad_data': state.bad_data,
-                                              'nonfinite_total': state.nonfinite_total}, **extra})
-
-
-def resume_or_init(cfg, model, optimizer, scheduler, precision) -> TrainState:
-    """auto-resume > checkpoint.resume (full state, or init when weights-only) > checkpoint.init."""
-    logger = get_logger()
-    state = TrainState(epoch=int(cfg.train.start_epoch))
-    path, content = newest_loadable(cfg.output) if cfg.checkpoint.auto_resume else (None, None)
-    if path is None and cfg.checkpoint.resume:
-        content = load_checkpoint(cfg.checkpoint.resume)
-        path = cfg.checkpoint.resume
-        if cfg.checkpoint.resume_weights_only or not is_full_state(content):
-            why = ('checkpoint.resume_weights_only is set' if cfg.checkpoint.resume_weights_only
-                   else 'it holds weights only (no training state of this project)')
-            logger.info(f'checkpoint.resume {path}: treated as init because {why}')
-            init_weights(model, path, reason='checkpoint.resume as init')
-            return state
-    elif path is not None and cfg.checkpoint.resume:
-        logger.info(f'auto-resume: a checkpoint in {cfg.output} takes precedence over checkpoint.resume')
-    if path is not None:
-        logger.info(f'resuming from {path}')
-        state.epoch, state.step = restore(content, model, optimizer, scheduler, precision)
-        metrics = content.get('metrics') or {}
-        state.best = dict(metrics.get('best') or {})
-        state.bad_data = dict(metrics.get('bad_data') or {})
-        state.nonfinite_total = int(metrics.get('nonfinite_total') or 0)
-        logger.info(f'resumed at epoch {state.epoch}, step {state.step}')
-    elif cfg.checkpoint.init:
-        init_weights(model, cfg.checkpoint.init)
-    return state
-
-
-def update_best(cfg, key, value, split, epoch, state: TrainState, save) -> None:
-    if value is None or value <= state.best.get(key, {}).get('value', float('-inf')):
-        return
-    state.best[key] = {'value': value, 'epoch': epoch, 'split': split}
-    path = save(osp.join(cfg.output, f'ckpt_best_{key}'), epoch, best={'metric': key, **state.best[key]})
-    get_logger().info(f'new best {key} {value:.2f} on {split} at epoch {epoch}: {path}')
-
-
-def evaluate_epoch(cfg, epoch, trainer: Trainer, val_loader, tokens, save):
-    state = trainer.state
-    if 'cls' in cfg.evaluate.task and val_loader is not None:
-        results = run_cls_eval(cfg, trainer.model, trainer.device, trainer.precision, val_loader, tokens,
-                               trainer.writer, state.step)
-        acc1 = results[cfg.evaluate.cls.template]['acc1']
-        split = f"{','.join(cfg.data.dataset.val)} ({cfg.evaluate.cls.template} templates)"
-        if cfg.evaluate.cls.save_best:
-            update_best(cfg, 'acc1', acc1, split, epoch, state, save)
-    if 'seg' in cfg.evaluate.task:
-        miou = run_seg_eval(cfg, trainer.model)
-        if miou is not None:
-            trainer.writer.scalars({'val/miou': miou}, state.step)
-            if cfg.evaluate.seg.save_best:
-                update_best(cfg, 'miou', miou, seg_split(cfg), epoch, state, save)
-        trainer.model.train()
 
 
 def train(cfg, model, device, precision):
@@ -200,9 +88,10 @@ def train(cfg, model, device, precision):
         tokens = class_tokens(cfg)
 
     def save(path, epoch, **extra):
-        out = save_state(cfg, path, model, optimizer, scheduler, precision, state, epoch, **extra) if rank == 0 else path
+        if rank == 0:
+            save_state(cfg, path, model, optimizer, scheduler, precision, state, epoch, **extra)
         barrier()
-        return out
+        return path
 
     trainer = Trainer(cfg, model, train_model, optimizer, scheduler, precision, iter(data.loader), steps_per_epoch,
                       accum, device, writer, state,

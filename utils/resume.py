@@ -14,8 +14,10 @@ import shutil
 from typing import List, Optional, Tuple
 
 import torch
+from omegaconf import DictConfig
 
-from .checkpoint import CheckpointError, is_complete, load_checkpoint, load_weights
+from .checkpoint import CheckpointError, is_complete, load_checkpoint, load_weights, save_checkpoint
+from .engine import TrainState
 from .logging import get_logger
 
 EPOCH_PATTERN = re.compile(r'^ckpt_epoch_(\d+)$')
@@ -72,7 +74,8 @@ def init_weights(model: torch.nn.Module, path: str, reason: str = 'checkpoint.in
     """Weights-only initialisation (strict=False); names the model has but the file lacks are listed as new."""
     logger = get_logger()
     missing, unexpected = load_weights(model, path, strict=False)
-    logger.info(f'initialised weights from {path} ({reason}); training starts from scratch: '
+    start = '' if reason == '--eval' else '; training starts from scratch (no optimizer state, epoch 0)'
+    logger.info(f'initialised weights from {path} ({reason}){start}: '
                 f'{len(missing)} names newly initialised, {len(unexpected)} names in the file unused')
     if missing:
         logger.info('newly initialised: ' + ', '.join(missing))
@@ -90,3 +93,42 @@ def restore(state: dict, model: torch.nn.Module, optimizer, scheduler, precision
     step = int(state['step'])
     scheduler.step_update(step)
     return int(state['epoch']) + 1, step
+
+
+def save_state(cfg: DictConfig, path: str, model, optimizer, scheduler, precision, state: TrainState, epoch: int,
+               **extra) -> str:
+    """Full training state after ``epoch`` (the last epoch completed)."""
+    return save_checkpoint(path, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(),
+                           precision.state_dict(),
+                           extra={'epoch': epoch, 'step': state.step, 'config': cfg,
+                                  'metrics': {'best': state.best, 'bad_data': state.bad_data,
+                                              'nonfinite_total': state.nonfinite_total}, **extra})
+
+
+def resume_or_init(cfg: DictConfig, model, optimizer, scheduler, precision) -> TrainState:
+    """auto-resume > checkpoint.resume (full state, or init when weights-only) > checkpoint.init."""
+    logger = get_logger()
+    state = TrainState(epoch=int(cfg.train.start_epoch))
+    path, content = newest_loadable(cfg.output) if cfg.checkpoint.auto_resume else (None, None)
+    if path is None and cfg.checkpoint.resume:
+        content = load_checkpoint(cfg.checkpoint.resume)
+        path = cfg.checkpoint.resume
+        if cfg.checkpoint.resume_weights_only or not is_full_state(content):
+            why = ('checkpoint.resume_weights_only is set' if cfg.checkpoint.resume_weights_only
+                   else 'it holds weights only (no training state of this project)')
+            logger.info(f'checkpoint.resume {path}: treated as init because {why}')
+            init_weights(model, path, reason='checkpoint.resume as init')
+            return state
+    elif path is not None and cfg.checkpoint.resume:
+        logger.info(f'auto-resume: a checkpoint in {cfg.output} takes precedence over checkpoint.resume')
+    if path is not None:
+        logger.info(f'resuming from {path}')
+        state.epoch, state.step = restore(content, model, optimizer, scheduler, precision)
+        metrics = content.get('metrics') or {}
+        state.best = dict(metrics.get('best') or {})
+        state.bad_data = dict(metrics.get('bad_data') or {})
+        state.nonfinite_total = int(metrics.get('nonfinite_total') or 0)
+        logger.info(f'resumed at epoch {state.epoch}, step {state.step}')
+    elif cfg.checkpoint.init:
+        init_weights(model, cfg.checkpoint.init)
+    return state
