@@ -283,16 +283,21 @@ class TrainStream(torch.utils.data.IterableDataset):
                    'bad': counter.take()}
 
 
-def shuffled(samples: Iterator[dict], bufsize: int, rng: random.Random) -> Iterator[dict]:
-    """Reservoir-style shuffle: fill a buffer of ``bufsize`` and emit a random element for each new one."""
+def shuffled(samples: Iterator[dict], bufsize: int, rng: random.Random, initial: int = 100) -> Iterator[dict]:
+    """Buffer shuffle: start emitting once ``initial`` samples are buffered, then grow the buffer by one per emitted
+    sample up to ``bufsize`` (so the first batch does not wait for a full buffer); each emit is a random element."""
     buf = []
+    initial = min(initial, bufsize)
     for sample in samples:
+        buf.append(sample)
         if len(buf) < bufsize:
-            buf.append(sample)
-            continue
-        i = rng.randrange(len(buf))
-        buf[i], sample = sample, buf[i]
-        yield sample
+            extra = next(samples, None)
+            if extra is not None:
+                buf.append(extra)
+        if len(buf) >= initial:
+            i = rng.randrange(len(buf))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
     rng.shuffle(buf)
     yield from buf
 

@@ -192,3 +192,20 @@ def test_val_loader_two_ranks_counts_each_sample_once(tmp_path, n_shards, worker
     expected = [(float(i % 250), i % 8) for i in range(n)]
     assert sorted(targets) == sorted(expected)
     assert bad == {'undecodable_image': 1, 'bad_label': 1}
+
+
+def test_shuffle_buffer_starts_early_and_keeps_every_sample():
+    import random
+    from datasets.shards import shuffled
+    pulled = []
+
+    def source():
+        for i in range(500):
+            pulled.append(i)
+            yield i
+    stream = shuffled(source(), bufsize=200, rng=random.Random(0), initial=10)
+    first = next(stream)
+    assert len(pulled) <= 12  # the first sample comes out long before the buffer is full
+    rest = list(stream)
+    assert sorted([first] + rest) == list(range(500))
+    assert [first] + rest != list(range(500))

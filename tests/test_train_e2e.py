@@ -60,7 +60,7 @@ def log_text(output):
 
 def add_corrupt_shard(shard_dir):
     """A copy of the first shard with an undecodable image and a caption-less sample, cut off inside its last
-    member; returns (path, number of samples it still holds intact)."""
+    member."""
     good = sorted(glob.glob(os.path.join(shard_dir, '*.tar')))[0]
     bad = os.path.join(shard_dir, 'toy-train-corrupt.tar')
     with tarfile.open(good) as src:
@@ -89,6 +89,8 @@ def worlds(tmp_path_factory):
     corrupt = str(root / 'corrupt')
     shutil.copytree(clean, corrupt)
     add_corrupt_shard(os.path.join(corrupt, 'shards'))
+    for good in glob.glob(os.path.join(corrupt, 'shards', 'toy-train-0*.tar')):
+        os.remove(good)  # every shard drawn is the corrupt one
     return {'clean': clean, 'corrupt': corrupt, 'tmp': root}
 
 
