@@ -287,3 +287,14 @@ def test_mixed_precision_training_steps_on_cpu(level, steps):
     moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert 'img_encoder.pos_embed' in moved and 'text_encoder.positional_embedding' in moved
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_class_embeddings_in_chunks_equal_one_pass():
+    from utils.engine import class_embeddings
+    model = tiny_model().eval()
+    tokens = torch.randint(1, 98, (7, 3, 8))
+    tokens[..., 6] = 99
+    whole = class_embeddings(model, tokens, torch.device('cpu'), max_texts=10**6)
+    chunked = class_embeddings(model, tokens, torch.device('cpu'), max_texts=6)  # 2 classes per forward
+    assert whole.shape == (7, 16) and torch.allclose(whole, chunked, atol=1e-6)
+    assert torch.allclose(whole.norm(dim=-1), torch.ones(7))

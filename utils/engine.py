@@ -205,6 +205,17 @@ def _log_progress(t: Trainer, epoch: int, idx: int, meters, window, batch_time: 
 
 
 @torch.no_grad()
+def class_embeddings(model: torch.nn.Module, tokens: torch.Tensor, device: torch.device,
+                     max_texts: int = 4096) -> torch.Tensor:
+    """tokens [N, T, L] -> L2-normalised class embeddings [N, C], a few classes at a time (80 templates x 1000
+    classes would not fit in one forward)."""
+    per_chunk = max(1, max_texts // tokens.shape[1])
+    parts = [model.build_text_embedding(tokens[i:i + per_chunk].to(device)).float()
+             for i in range(0, tokens.shape[0], per_chunk)]
+    return F.normalize(torch.cat(parts), dim=-1)
+
+
+@torch.no_grad()
 def evaluate_cls(model: torch.nn.Module, loader, class_tokens: Dict[str, torch.Tensor], device: torch.device,
                  precision: Precision, log_every: int = 0) -> Dict[str, dict]:
     """Zero-shot classification: top-1/top-5 accuracy (%) per template set, over all ranks' samples.
@@ -217,7 +228,7 @@ def evaluate_cls(model: torch.nn.Module, loader, class_tokens: Dict[str, torch.T
     model.eval()
     names = sorted(class_tokens)
     with precision.autocast():
-        text = {n: F.normalize(model.build_text_embedding(class_tokens[n].to(device)).float(), dim=-1) for n in names}
+        text = {n: class_embeddings(model, class_tokens[n], device) for n in names}
     num_classes = next(iter(text.values())).shape[0]
     k = min(5, num_classes)
     correct = torch.zeros(len(names), 2, dtype=torch.float64, device=device)
