@@ -69,12 +69,17 @@ class TextOutput(NamedTuple):
 
 @MODELS.register_module()
 class TextTransformer(nn.Module):
-    """Arguments mirror `model.text_encoder`; `num_prototypes` > 0 adds PGSeg's text prototypes (`Atten`)."""
+    """Arguments mirror `model.text_encoder`; `num_prototypes` > 0 adds PGSeg's text prototypes (`Atten`).
+
+    trim_context: run only up to the batch's last end-of-text token. The same function (the mask is causal and the
+        output is read at end-of-text), not the same bits; 2-4x less text compute on web captions.
+    """
 
     def __init__(self, context_length: int, width: int, layers: int, vocab_size: int, use_checkpoint=False,
-                 num_prototypes: int = 0, prototype_update_in_eval: bool = True):
+                 num_prototypes: int = 0, prototype_update_in_eval: bool = True, trim_context: bool = False):
         super().__init__()
         self.context_length = context_length
+        self.trim_context = trim_context
         self.width = width
         self.transformer = Transformer(width, layers, heads=max(width // 64, 1), use_checkpoint=use_checkpoint)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, width))
@@ -91,6 +96,8 @@ class TextTransformer(nn.Module):
 
     def forward(self, text) -> TextOutput:
         """text: [B, L] token ids (end-of-text has the largest id) -> TextOutput"""
+        if self.trim_context:
+            text = text[:, :int(text.argmax(dim=-1).max()) + 1]
         L = text.shape[1]
         x = self.token_embedding(text) + self.positional_embedding[:L]
         x = self.transformer(x.transpose(0, 1), self.attn_mask[:L, :L].to(x.dtype)).transpose(0, 1)

@@ -35,5 +35,6 @@ def build_optimizer(train_cfg: DictConfig, model: torch.nn.Module, lr: float) ->
         raise ValueError(f"train.optimizer.name: only 'adamw' is supported, got {name!r}")
     keywords = OmegaConf.select(train_cfg, 'optimizer.no_decay_keywords', default=NO_DECAY_KEYWORDS)
     groups = param_groups(model, float(train_cfg.weight_decay), tuple(keywords))
+    # fused: one kernel over all parameters instead of ~10 per tensor (CPU and CUDA; measured in benchmarks/NOTES.md)
     return torch.optim.AdamW([g for g in groups if g['params']], lr=lr, eps=float(train_cfg.optimizer.eps),
-                             betas=tuple(train_cfg.optimizer.betas))
+                             betas=tuple(train_cfg.optimizer.betas), fused=True)

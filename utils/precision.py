@@ -27,7 +27,11 @@ class Precision:
 
     def describe(self) -> str:
         name = 'float32' if self.dtype is None else str(self.dtype).replace('torch.', '') + ' autocast'
-        return f'{self.level}: {name}' + (' + GradScaler' if self.scaler else '')
+        text = f'{self.level}: {name}' + (' + GradScaler' if self.scaler else '')
+        if self.device_type == 'cpu' and self.dtype == torch.float16:
+            # measured in benchmarks/NOTES.md: a GroupViT step 15x slower than float32, bfloat16 1.6x faster
+            text += ' (float16 autocast is slow on most CPUs: use O2, bfloat16)'
+        return text
 
     def autocast(self):
         if self.dtype is None:
