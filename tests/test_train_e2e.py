@@ -24,7 +24,7 @@ TINY = ['model.img_encoder.embed_dim=32', 'model.img_encoder.num_heads=[2,2,2]',
         'model.img_encoder.num_group_tokens=[8,4,0]', 'model.img_encoder.num_output_groups=[8,4]',
         'model.text_encoder.width=32', 'model.text_encoder.layers=1', 'model.output_dim=32',
         'data.dataset.meta.toy_train.length=128', 'data.dataset.meta.toy_val.length=48',
-        'evaluate.cls.extra_templates=[simple]', 'print_freq=4']
+        'print_freq=4']
 
 
 def free_port():

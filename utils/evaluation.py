@@ -12,7 +12,8 @@ from .logging import get_logger
 
 def class_tokens(cfg: DictConfig) -> dict:
     """{template set: tokens [N, T, L]} for the selection template and evaluate.cls.extra_templates."""
-    names = [cfg.evaluate.cls.template, *OmegaConf.select(cfg, 'evaluate.cls.extra_templates', default=[])]
+    extra = OmegaConf.select(cfg, 'evaluate.cls.extra_templates', default=['full', 'simple'])
+    names = [cfg.evaluate.cls.template, *extra]
     classes = val_class_names(cfg.data)
     return {n: build_class_tokens(classes, get_templates(n), tokenize, cfg.data.text_aug.max_seq_len)
             for n in dict.fromkeys(names)}
