@@ -140,21 +140,23 @@ class DistributedBatchNorm1d(nn.BatchNorm1d):
         if not self.training or get_world_size() == 1:
             return super().forward(x)
         dims = [0] + list(range(2, x.dim()))
-        count = x.new_tensor(float(x.numel() // x.shape[1]))
-        stats = torch.cat([x.sum(dims), (x * x).sum(dims), count.reshape(1)])
-        stats = dist_nn.all_reduce(stats)
-        C = x.shape[1]
-        total = stats[-1]
-        mean = stats[:C] / total
-        var = stats[C:2 * C] / total - mean * mean
+        shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))  # statistics in at least float32, also under autocast
+        count = x32.new_tensor([float(x.numel() // x.shape[1])])
+        sums = dist_nn.all_reduce(torch.cat([x32.sum(dims), count]))
+        total = sums[-1]
+        mean = sums[:-1] / total
+        centered = x32 - mean.reshape(shape)
+        var = dist_nn.all_reduce((centered * centered).sum(dims)) / total
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             m = self.momentum
-            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-            self.running_var.mul_(1 - m).add_(var.detach() * total / (total - 1), alpha=m)
-        shape = [1, C] + [1] * (x.dim() - 2)
-        x = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
-        return x * self.weight.reshape(shape) + self.bias.reshape(shape)
+            self.running_mean.mul_(1 - m).add_(mean.detach().to(self.running_mean.dtype), alpha=m)
+            unbiased = var.detach() * total / (total - 1)
+            self.running_var.mul_(1 - m).add_(unbiased.to(self.running_var.dtype), alpha=m)
+        out = centered / torch.sqrt(var.reshape(shape) + self.eps)
+        out = out * self.weight.reshape(shape).to(out.dtype) + self.bias.reshape(shape).to(out.dtype)
+        return out.to(x.dtype)
 
 
 class ProjectMLP(nn.Module):
