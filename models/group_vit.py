@@ -1,6 +1,6 @@
 """GroupViT image encoder: a ViT whose stages group image tokens into fewer, larger segments."""
 import math
-from typing import List, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn

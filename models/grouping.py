@@ -1,7 +1,6 @@
 """Grouping: assigning image tokens to group tokens (GroupViT's grouping block)."""
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .layers import CrossAttnBlock, Mlp
 
