@@ -102,5 +102,6 @@ def build_text_transform(is_train: bool, text_aug: DictConfig, tokenize: Callabl
     if tokenize is None:
         from .tokenizer import tokenize
     if is_train and text_aug.multi_label > 0:
-        return MultiLabelTokenize(tokenize, text_aug.multi_label, text_aug.max_seq_len, word_type=text_aug.word_type)
+        return MultiLabelTokenize(tokenize, text_aug.multi_label, text_aug.max_seq_len,
+                                  template_set=text_aug.get('template_set', 'full'), word_type=text_aug.word_type)
     return Tokenize(tokenize, text_aug.max_seq_len)
