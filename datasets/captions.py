@@ -3,16 +3,17 @@
 With ``text_aug.multi_label = k > 0`` a caption becomes ``1 + k`` texts: the caption, then up to ``k`` of its words
 (sampled without replacement) each written into a random ImageNet prompt template, padded with the caption itself
 when it has fewer than ``k`` such words. As in GroupViT, ``word_type: noun`` keeps words tagged as nouns *or verbs*
-(Penn tags NN, NNS, NNP, VB, VBD, VBG, VBN, VBP, VBZ). Tagging uses textblob's PatternTagger, which ships its
+(Penn tags NN, NNS, NNP, VB, VBD, VBG, VBN, VBP, VBZ). ``text_aug.word_vocab`` (a class-names JSON file, as
+OVSegmentor's concept vocabulary) keeps only the words in it; unset, every tagged word counts. Tagging uses textblob's PatternTagger, which ships its
 lexicon, so nothing is downloaded at run time.
 """
-from typing import Callable, List, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from .imagenet import get_templates
+from .imagenet import get_templates, read_classes_file
 
 WORD_TAGS = ('NN', 'NNS', 'NNP', 'VBG', 'VB', 'VBD', 'VBN', 'VBP', 'VBZ')
 NOUN_PHRASE_GRAMMAR = r"""
@@ -70,7 +71,7 @@ class MultiLabelTokenize:
     """str -> LongTensor [1 + max_word, context_length]: the caption then prompted words (see module docstring)."""
 
     def __init__(self, tokenize: Callable, max_word: int, context_length: int = 77, template_set: str = 'full',
-                 word_type: str = 'noun'):
+                 word_type: str = 'noun', vocab: Optional[Sequence[str]] = None):
         if word_type not in ('noun', 'noun_phrase'):
             raise ValueError(f"text_aug.word_type must be 'noun' or 'noun_phrase', got {word_type!r}")
         self.tokenize = tokenize
@@ -78,11 +79,13 @@ class MultiLabelTokenize:
         self.context_length = context_length
         self.templates = get_templates(template_set)
         self.word_type = word_type
+        self.vocab = frozenset(vocab) if vocab is not None else None
         self.tagger = PosTagger()
 
     def words(self, text: str) -> List[str]:
         tags = self.tagger(text)
-        return tagged_words(tags) if self.word_type == 'noun' else noun_phrases(tags)
+        words = tagged_words(tags) if self.word_type == 'noun' else noun_phrases(tags)
+        return words if self.vocab is None else [w for w in words if w in self.vocab]
 
     def prompts(self, text: str) -> List[str]:
         """The ``max_word`` texts that follow the caption."""
@@ -102,6 +105,8 @@ def build_text_transform(is_train: bool, text_aug: DictConfig, tokenize: Callabl
     if tokenize is None:
         from .tokenizer import tokenize
     if is_train and text_aug.multi_label > 0:
+        vocab_file = text_aug.get('word_vocab')
         return MultiLabelTokenize(tokenize, text_aug.multi_label, text_aug.max_seq_len,
-                                  template_set=text_aug.get('template_set', 'full'), word_type=text_aug.word_type)
+                                  template_set=text_aug.get('template_set', 'full'), word_type=text_aug.word_type,
+                                  vocab=read_classes_file(vocab_file) if vocab_file else None)
     return Tokenize(tokenize, text_aug.max_seq_len)

@@ -2,7 +2,8 @@
 
 ``img_aug.deit_aug: false``  RandomResizedCrop(img_size, scale=img_scale) + horizontal flip + ImageNet normalisation.
 ``img_aug.deit_aug: true``   timm ``create_transform`` (RandAugment ``auto_augment``, colour jitter, random erasing).
-Validation resizes the short side to ``img_size + 32`` (plain) or ``img_size * 256 / 224`` (DeiT) and centre-crops.
+Validation resizes the short side to ``img_size + 32`` (plain) or ``img_size * 256 / 224`` (DeiT), or to
+``img_size / img_aug.val_crop_pct`` when that is set (1.0: the whole image), and centre-crops.
 """
 from typing import Callable
 
@@ -38,7 +39,9 @@ def build_train_transform(img_aug: DictConfig) -> Callable:
 def build_val_transform(img_aug: DictConfig) -> Callable:
     """RGB PIL image -> normalised centre crop [3, img_size, img_size]."""
     size = img_aug.img_size
-    if img_aug.deit_aug:
+    if img_aug.get('val_crop_pct') is not None:
+        resize = T.Resize(int(round(size / float(img_aug.val_crop_pct))))
+    elif img_aug.deit_aug:
         resize = T.Resize(int(256 / 224 * size), interpolation=str_to_interp_mode(img_aug.interpolation))
     else:
         resize = T.Resize(size + 32)

@@ -160,13 +160,16 @@ class GroupViT(nn.Module):
     stem: 'patch' (the published 16x16 patch embedding) or 'conv' (stride-2 convolutions, for tiny models).
     fused_attn: attention through `F.scaled_dot_product_attention` (faster, not bit-identical to the published
         code; the default reproduces its outputs bit for bit on the same device).
+    gumbel: Gumbel noise on the training-time assignment; None (published) means exactly when hard_assignment.
+    gumbel_scale: multiplies that noise (1 = published).
     """
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=0, embed_dim=384,
                  embed_factors=(1, 1, 1), depths=(6, 3, 3), num_heads=(6, 6, 6), num_group_tokens=(64, 8, 0),
                  num_output_groups=(64, 8), hard_assignment=True, mlp_ratio=4., qkv_bias=True, qk_scale=None,
                  drop_rate=0., attn_drop_rate=0., drop_path_rate=0.1, patch_norm=True, use_checkpoint=False,
-                 pos_embed_type='simple', freeze_patch_embed=False, gumbel_tau=1., stem='patch', fused_attn=False):
+                 pos_embed_type='simple', freeze_patch_embed=False, gumbel_tau=1., stem='patch', fused_attn=False,
+                 gumbel=None, gumbel_scale=1.):
         super().__init__()
         if not len(embed_factors) == len(depths) == len(num_group_tokens) == len(num_heads):
             raise ValueError('embed_factors, depths, num_group_tokens and num_heads need one entry per stage')
@@ -210,7 +213,8 @@ class GroupViT(nn.Module):
                 downsample = GroupingBlock(
                     dim=dim, out_dim=out_dim, num_heads=num_heads[i], num_group_token=num_group_tokens[i],
                     num_output_group=num_output_groups[i], norm_layer=norm_layer, hard=hard_assignment,
-                    gumbel=hard_assignment, gumbel_tau=gumbel_tau, fused_attn=fused_attn)
+                    gumbel=hard_assignment if gumbel is None else gumbel, gumbel_tau=gumbel_tau,
+                    gumbel_scale=gumbel_scale, fused_attn=fused_attn)
                 prototypes = self.build_prototypes(dim, out_dim, num_output_groups[i])
             group_projector = None
             if i > 0 and num_group_tokens[i] > 0:

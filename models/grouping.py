@@ -16,12 +16,17 @@ def hard_softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
     return straight_through(logits.softmax(dim), dim)
 
 
-def gumbel_softmax(logits: torch.Tensor, tau: float = 1., hard: bool = False, dim: int = -1) -> torch.Tensor:
-    """Gumbel-softmax sample; `hard` makes it one-hot with straight-through gradients."""
+def gumbel_softmax(logits: torch.Tensor, tau: float = 1., hard: bool = False, dim: int = -1,
+                   noise_scale: float = 1.) -> torch.Tensor:
+    """Gumbel-softmax sample; `hard` makes it one-hot with straight-through gradients; `noise_scale` multiplies
+    the Gumbel noise (1: the published sampler; below 1 the sample follows the logits more closely)."""
     gumbel = torch.distributions.gumbel.Gumbel(
         torch.tensor(0., device=logits.device, dtype=logits.dtype),
         torch.tensor(1., device=logits.device, dtype=logits.dtype))
-    y_soft = ((logits + gumbel.sample(logits.shape)) / tau).softmax(dim)
+    noise = gumbel.sample(logits.shape)
+    if noise_scale != 1.:
+        noise = noise * noise_scale
+    y_soft = ((logits + noise) / tau).softmax(dim)
     return straight_through(y_soft, dim) if hard else y_soft
 
 
@@ -30,7 +35,7 @@ class AssignAttention(nn.Module):
     is assigned to one group; outputs are the assignment-weighted means of the values."""
 
     def __init__(self, dim, num_heads=1, qkv_bias=False, qk_scale=None, attn_drop=0., proj_drop=0., hard=True,
-                 gumbel=False, gumbel_tau=1., sum_assign=False, assign_eps=1.):
+                 gumbel=False, gumbel_tau=1., sum_assign=False, assign_eps=1., gumbel_scale=1.):
         super().__init__()
         self.num_heads = num_heads
         self.scale = qk_scale or (dim // num_heads) ** -0.5
@@ -43,13 +48,14 @@ class AssignAttention(nn.Module):
         self.hard = hard
         self.gumbel = gumbel
         self.gumbel_tau = gumbel_tau
+        self.gumbel_scale = gumbel_scale
         self.sum_assign = sum_assign
         self.assign_eps = assign_eps
 
     def assign(self, logits: torch.Tensor) -> torch.Tensor:
         """logits: [B, h, G, L] -> assignment over G: Gumbel in training, argmax (straight-through) in eval."""
         if self.gumbel and self.training:
-            return gumbel_softmax(logits, tau=self.gumbel_tau, hard=self.hard, dim=-2)
+            return gumbel_softmax(logits, tau=self.gumbel_tau, hard=self.hard, dim=-2, noise_scale=self.gumbel_scale)
         return hard_softmax(logits, dim=-2) if self.hard else logits.softmax(dim=-2)
 
     def _heads(self, x):
@@ -78,7 +84,7 @@ class GroupingBlock(nn.Module):
 
     def __init__(self, *, dim, out_dim, num_heads, num_group_token, num_output_group, norm_layer=nn.LayerNorm,
                  mlp_ratio=(0.5, 4.0), hard=True, gumbel=True, sum_assign=False, assign_eps=1., gumbel_tau=1.,
-                 fused_attn=False):
+                 fused_attn=False, gumbel_scale=1.):
         super().__init__()
         self.dim = dim
         self.num_output_group = num_output_group
@@ -90,7 +96,8 @@ class GroupingBlock(nn.Module):
         self.pre_assign_attn = CrossAttnBlock(dim, num_heads, mlp_ratio=4, qkv_bias=True, norm_layer=norm_layer,
                                               post_norm=True, fused_attn=fused_attn)
         self.assign = AssignAttention(dim, num_heads=1, qkv_bias=True, hard=hard, gumbel=gumbel,
-                                      gumbel_tau=gumbel_tau, sum_assign=sum_assign, assign_eps=assign_eps)
+                                      gumbel_tau=gumbel_tau, sum_assign=sum_assign, assign_eps=assign_eps,
+                                      gumbel_scale=gumbel_scale)
         self.norm_new_x = norm_layer(dim)
         self.mlp_channels = Mlp(dim, channels_dim, out_dim)
         if out_dim is not None and dim != out_dim:

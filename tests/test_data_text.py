@@ -12,6 +12,7 @@ from PIL import Image
 from datasets import build_class_tokens, build_img_transform, build_text_transform, get_templates, tokenize
 from datasets.captions import MultiLabelTokenize, PosTagger, Tokenize, tagged_words
 from datasets.imagenet import ClassListError, imagenet_classes, val_class_names
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 CAPTIONS = {
     'A man riding a wave on top of a surfboard.': {'man', 'riding', 'wave', 'surfboard'},
@@ -123,3 +124,27 @@ def test_image_transforms_shapes(deit):
     assert train(img).shape == (3, 32, 32) and val(img).shape == (3, 32, 32)
     flat = Image.new('RGB', (40, 40), (124, 116, 104))
     assert val(flat).abs().max() < 0.05  # ImageNet mean colour normalises to ~0
+
+
+def test_word_vocab_and_template_set_choose_the_prompts(tmp_path):
+    vocab = tmp_path / 'classes.json'
+    vocab.write_text(json.dumps({'classes': ['kite', 'dog']}))
+    np.random.seed(0)
+    cfg = text_aug(multi_label=2, max_seq_len=16)
+    cfg.word_vocab, cfg.template_set = str(vocab), 'simple'
+    transform = build_text_transform(True, cfg)
+    caption = 'a dog chasing a red kite in the park'
+    assert transform.words(caption) == ['dog', 'kite']  # 'chasing' and 'park' are tagged too, but not in the vocab
+    assert sorted(transform.prompts(caption)) == sorted(t.format(w) for t in get_templates('simple') for w in ('dog', 'kite'))
+    assert transform.prompts('a park at night') == ['a park at night'] * 2
+
+
+def test_val_crop_pct_one_keeps_the_whole_image():
+    img_aug = OmegaConf.create({'deit_aug': False, 'img_size': 32, 'val_crop_pct': 1.0})
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    whole = build_img_transform(False, img_aug)(img)
+    expected = (torch.from_numpy(np.asarray(img)).permute(2, 0, 1) / 255. - torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)) \
+        / torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    assert torch.allclose(whole, expected, atol=1e-5)
+    img_aug.val_crop_pct = None  # published: resize to 64 then crop the centre 32
+    assert not torch.allclose(build_img_transform(False, img_aug)(img), expected, atol=1e-2)

@@ -173,3 +173,23 @@ def test_distributed_batchnorm_is_batchnorm_in_one_process():
     x = torch.randn(5, 6, 3)
     assert torch.equal(ours(x), ref(x))
     assert torch.equal(ours.running_var, ref.running_var)
+
+
+def test_gumbel_switch_and_noise_scale():
+    """Published default: Gumbel noise in training exactly when assignments are hard; `gumbel: false` or a zero
+    noise scale give the noise-free (eval-like) assignment in training."""
+    img = torch.randn(2, 3, 32, 32)
+
+    def train_forward(**img_cfg):
+        torch.manual_seed(0)
+        enc = build_model(tiny_cfg(drop_path_rate=0.0, **img_cfg)).img_encoder.train()
+        return enc(img), enc
+
+    noisy, enc = train_forward()
+    assert all(layer.downsample.assign.gumbel for layer in enc.layers[:2])
+    assert not torch.equal(noisy, enc(img))  # a fresh noise sample
+    quiet, enc = train_forward(gumbel=False)
+    assert torch.equal(quiet, enc(img))
+    assert torch.equal(quiet, enc.eval()(img))
+    scaled, _ = train_forward(gumbel_scale=0.0)
+    assert torch.allclose(scaled, quiet, atol=1e-6)
