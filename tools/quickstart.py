@@ -62,7 +62,7 @@ def ensure_world(root):
         return json.load(f)
 
 
-def measure_throughput(cfg, steps=4):
+def measure_throughput(cfg, steps=6, warmup=2):
     """Images/s of forward + backward + AdamW on random inputs shaped like a training batch."""
     seed_everything(0)
     model = build_model(cfg.model).train()
@@ -73,23 +73,27 @@ def measure_throughput(cfg, steps=4):
     text = torch.randint(1, 1000, (B, 1 + k, L) if k else (B, L))
     text[..., L // 2] = 49407
     times = []
-    for _ in range(steps + 1):
+    for _ in range(warmup + steps):
         t0 = time.perf_counter()
         loss = sum(model.forward_train(image, text).values())
         opt.zero_grad()
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - t0)
-    return B / (sorted(times[1:])[len(times[1:]) // 2])
+    timed = sorted(times[warmup:])  # the first steps pay for allocations and thread start-up
+    return B / timed[len(timed) // 2]
 
 
 def train(args, cfg, length):
     if args.epochs:
         epochs = args.epochs
     else:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(args.train_threads)  # the speed main_pg_seg.py will train at
         ips = measure_throughput(cfg)
-        # 0.8: data loading, logging and per-epoch checkpoints share the budget
-        epochs = max(1, int(0.8 * args.minutes * 60 * ips / length))
+        torch.set_num_threads(threads)
+        # 0.7: the loader worker shares the cores; logging and per-epoch checkpoints share the budget
+        epochs = max(1, int(0.7 * args.minutes * 60 * ips / length))
         print(f'training speed here ~{ips:.0f} images/s -> {epochs} epochs of {length} images in ~{args.minutes:g} min')
     runs = osp.join(args.output, 'runs')
     cmd = [sys.executable, osp.join(ROOT, 'main_pg_seg.py'), args.recipe, '--output', runs, '--tag', 'quickstart',
@@ -121,6 +125,7 @@ def segment(model, root, bg_thresh=None, split='val', **kw):
 
 def main(argv=None):
     args = parse_args(argv)
+    args.train_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     args.root, args.output = osp.abspath(args.root), osp.abspath(args.output)
     os.makedirs(args.output, exist_ok=True)
