@@ -4,8 +4,8 @@ With ``text_aug.multi_label = k > 0`` a caption becomes ``1 + k`` texts: the cap
 (sampled without replacement) each written into a random ImageNet prompt template, padded with the caption itself
 when it has fewer than ``k`` such words. As in GroupViT, ``word_type: noun`` keeps words tagged as nouns *or verbs*
 (Penn tags NN, NNS, NNP, VB, VBD, VBG, VBN, VBP, VBZ). ``text_aug.word_vocab`` (a class-names JSON file, as
-OVSegmentor's concept vocabulary) keeps only the words in it; unset, every tagged word counts. Tagging uses textblob's PatternTagger, which ships its
-lexicon, so nothing is downloaded at run time.
+OVSegmentor's concept vocabulary) keeps only the words in it; unset, every tagged word counts. Tagging uses
+textblob's PatternTagger, which ships its lexicon, so nothing is downloaded at run time.
 """
 from typing import Callable, List, Optional, Sequence
 

@@ -135,7 +135,8 @@ def test_word_vocab_and_template_set_choose_the_prompts(tmp_path):
     transform = build_text_transform(True, cfg)
     caption = 'a dog chasing a red kite in the park'
     assert transform.words(caption) == ['dog', 'kite']  # 'chasing' and 'park' are tagged too, but not in the vocab
-    assert sorted(transform.prompts(caption)) == sorted(t.format(w) for t in get_templates('simple') for w in ('dog', 'kite'))
+    simple = get_templates('simple')
+    assert sorted(transform.prompts(caption)) == sorted(t.format(w) for t in simple for w in ('dog', 'kite'))
     assert transform.prompts('a park at night') == ['a park at night'] * 2
 
 
@@ -143,8 +144,9 @@ def test_val_crop_pct_one_keeps_the_whole_image():
     img_aug = OmegaConf.create({'deit_aug': False, 'img_size': 32, 'val_crop_pct': 1.0})
     img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
     whole = build_img_transform(False, img_aug)(img)
-    expected = (torch.from_numpy(np.asarray(img)).permute(2, 0, 1) / 255. - torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)) \
-        / torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    pixels = torch.from_numpy(np.array(img)).permute(2, 0, 1) / 255.
+    mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    expected = (pixels - mean) / std
     assert torch.allclose(whole, expected, atol=1e-5)
     img_aug.val_crop_pct = None  # published: resize to 64 then crop the centre 32
     assert not torch.allclose(build_img_transform(False, img_aug)(img), expected, atol=1e-2)

@@ -88,10 +88,7 @@ def train(args, cfg, length):
     if args.epochs:
         epochs = args.epochs
     else:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(args.train_threads)  # the speed main_pg_seg.py will train at
-        ips = measure_throughput(cfg)
-        torch.set_num_threads(threads)
+        ips = measure_throughput(cfg)  # at torch's default thread count, as main_pg_seg.py trains
         # 0.7: the loader worker shares the cores; logging and per-epoch checkpoints share the budget
         epochs = max(1, int(0.7 * args.minutes * 60 * ips / length))
         print(f'training speed here ~{ips:.0f} images/s -> {epochs} epochs of {length} images in ~{args.minutes:g} min')
@@ -125,8 +122,6 @@ def segment(model, root, bg_thresh=None, split='val', **kw):
 
 def main(argv=None):
     args = parse_args(argv)
-    args.train_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
     args.root, args.output = osp.abspath(args.root), osp.abspath(args.output)
     os.makedirs(args.output, exist_ok=True)
     meta = ensure_world(args.root)
@@ -136,6 +131,7 @@ def main(argv=None):
         run_dir, epochs, train_seconds = osp.abspath(args.run_dir), None, 0.
     else:
         run_dir, epochs, train_seconds = train(args, cfg, meta['train']['length'])
+    torch.set_num_threads(args.threads)
 
     setup_logger(None, 0)
     cfg = OmegaConf.load(osp.join(run_dir, 'config.yaml'))
