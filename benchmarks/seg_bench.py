@@ -47,6 +47,21 @@ def published_to_original(logits, size) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode='bilinear', align_corners=False).argmax(dim=1)
 
 
+def decoder_like_logits(num_classes=151, hw=(45, 67), regions=(5, 7), active=12, seed=0):
+    """[num_classes, *hw] like the zero-shot decoder's output of a trained model: background channel 0 (0 / 1),
+    then `active` classes (the crops' top five) with positive scores that differ between regions (groups), every
+    other class exactly 0. Random weights give one winning class everywhere, which would flatter the resize."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.zeros(num_classes, *hw)
+    region = F.interpolate(torch.rand(1, 1, *regions, generator=g), size=hw, mode='nearest')[0, 0]
+    classes = 1 + torch.randperm(num_classes - 1, generator=g)[:active]
+    for r in region.unique():
+        rows, cols = (region == r).nonzero(as_tuple=True)
+        logits[classes[:, None], rows, cols] = torch.rand(active, 1, generator=g) ** 3
+    logits[0] = (logits[1:].max(dim=0).values < 0.2).float()
+    return logits
+
+
 def _text(model, num_classes, device):
     """VOC's class embeddings, or random unit vectors for a larger class count (only the count matters there)."""
     from segmentation.evaluation import class_text_embedding
@@ -78,7 +93,7 @@ def seg_comparison(device, repeats, warmup, clock, crop=448, stride=224, crop_ba
     the resize to the original size): ours vs the published protocol; plus our fast path (bf16 autocast, fused
     attention), which is not bit-identical: its label differences are counted."""
     from segmentation.evaluation import ZeroShotSegmentor, published_protocol_logits, zero_shot_logits
-    from segmentation.evaluation.segmentor import resized_argmax
+    from segmentation.evaluation.resize import resized_argmax, winning_candidates
     cfg = protocol_cfg(crop, stride, crop_batch)
     model = build_ours(load_model_cfg(CONFIGS['groupvit'], extra_opts), device).eval()
     fused = build_ours(load_model_cfg(CONFIGS['groupvit'], [*extra_opts, 'img_encoder.fused_attn=true']),
@@ -92,6 +107,11 @@ def seg_comparison(device, repeats, warmup, clock, crop=448, stride=224, crop_ba
     segmentor = ZeroShotSegmentor(model, text, True, cfg).to(device).eval()
     fast_segmentor = ZeroShotSegmentor(fused, text, True, cfg).to(device).eval()
     large_segmentor = ZeroShotSegmentor(model, many, True, cfg).to(device).eval()
+
+    # the resize to the original size alone: 15 classes that win somewhere (3 crops x top 5), and the worst case
+    # for ours, where every class may win (dense random logits)
+    sparse = decoder_like_logits(large_classes + 1, large.shape[-2:], (12, 18), active=15).to(device)
+    dense = torch.randn(large_classes + 1, *large.shape[-2:], generator=g).to(device)
 
     def fast_voc():
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -111,6 +131,14 @@ def seg_comparison(device, repeats, warmup, clock, crop=448, stride=224, crop_ba
             lambda: resized_argmax(large_segmentor.slide_inference(large, None)[0], large_hw),
             lambda: published_to_original(published_slide(model, large, many, cfg), large_hw),
             **{**timing, 'repeats': max(1, repeats // 2)}, labels=lambda x: x),
+        'large_image_winning_classes': len(winning_candidates(large_segmentor.slide_inference(large, None)[0])),
+        'resize_decoder_like': _compare(lambda: resized_argmax(sparse, large_hw),
+                                        lambda: published_to_original(sparse[None], large_hw), **timing,
+                                        labels=lambda x: x),
+        'resize_decoder_like_winning_classes': len(winning_candidates(sparse)),
+        'resize_dense_worst_case': _compare(lambda: resized_argmax(dense, large_hw),
+                                            lambda: published_to_original(dense[None], large_hw),
+                                            **{**timing, 'repeats': 1, 'warmup': 0}, labels=lambda x: x),
         # speed relative to our identical path; times voc_image's speedup gives the speedup over the published one
         'voc_image_fast_vs_ours': _compare(fast_voc, lambda: segmentor.slide_inference(voc, None), **timing),
     }

@@ -18,7 +18,7 @@ import segmentation  # noqa: F401  (makes mmcv.ops importable before mmseg)
 from segmentation.datasets import SegDataError, read_toy_classes
 from segmentation.evaluation import (ZeroShotSegmentor, class_text_embedding, final_group_maps,
                                      group_class_affinity, load_benchmark, prompt_names)
-from segmentation.evaluation.segmentor import resized_argmax
+from segmentation.evaluation.resize import resized_argmax
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PRESET_DIR = osp.join(ROOT, 'segmentation', 'configs', '_base_', 'datasets')

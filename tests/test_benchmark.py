@@ -22,7 +22,8 @@ def quick_results(tmp_path_factory):
 def test_quick_run_writes_the_headline_keys(quick_results):
     for key in ('train_step_ratio_vs_hf', 'train_step_ratio_vs_hf_same_levers', 'seg_speedup_vs_published_protocol',
                 'seg_logits_max_abs_diff_vs_published_protocol', 'data_samples_per_s_per_worker_groupvit',
-                'groupvit_train_images_per_s_fast', 'pgseg_train_images_per_s_fast'):
+                'groupvit_train_images_per_s_fast', 'pgseg_train_images_per_s_fast',
+                'seg_resize_speedup_vs_published_protocol', 'seg_resize_dense_speedup_vs_published_protocol'):
         assert math.isfinite(quick_results[key]) and quick_results[key] >= 0, key
     assert quick_results['machine']['torch'] == torch.__version__
     assert quick_results['settings']['quick'] is True

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 import segmentation  # noqa: F401
 from segmentation.mmcv_compat import install, point_sample, sigmoid_focal_loss
 from segmentation.evaluation import PAMR, SegIoUMetric, refine_with_pamr, segmentation_templates, slide_windows
-from segmentation.evaluation.segmentor import resized_argmax
 from segmentation.evaluation.zero_shot import feature_grid
 
 
@@ -105,15 +104,6 @@ def test_slide_windows_cover_image_like_mmseg():
         count[y1:y2, x1:x2] += 1
     assert count.min() >= 1
     assert slide_windows(300, 200, (448, 448), (224, 224)) == [(0, 300, 0, 200)]
-
-
-def test_chunked_resize_argmax_equals_full(monkeypatch):
-    torch.manual_seed(0)
-    logits = torch.randn(7, 9, 11)
-    logits[3] = logits[5]  # exact ties: the first maximum wins, as in torch.argmax
-    full = F.interpolate(logits[None], size=(40, 30), mode='bilinear', align_corners=False)[0].argmax(0, True)
-    monkeypatch.setattr('segmentation.evaluation.segmentor.RESIZE_CHUNK_BYTES', 4 * 40 * 30 * 2)
-    assert torch.equal(resized_argmax(logits, (40, 30)), full)
 
 
 def _two_region_image(size=32):

@@ -1,7 +1,6 @@
 """mmseg ``EncoderDecoder`` around a GroupViT / PGSeg model: mmseg's slide / whole inference and
 post-processing, with :func:`zero_shot_logits` as the per-crop decoder."""
 import torch
-import torch.nn.functional as F
 from mmengine.config import ConfigDict
 from mmengine.structures import PixelData
 from mmseg.models import EncoderDecoder
@@ -9,11 +8,10 @@ from mmseg.models.segmentors.base import BaseSegmentor
 from mmseg.registry import MODELS
 
 from .pamr import PAMR, refine_with_pamr
+from .resize import resized_argmax
 from .zero_shot import class_scores, groupvit_background
 
 BG_RULES = ('groupvit', 'tcl')
-# bytes of float32 logits resized to the original image at once; larger images are resized a few classes at a time
-RESIZE_CHUNK_BYTES = 256 * 2**20
 
 
 def slide_windows(h_img, w_img, crop_size, stride):
@@ -28,26 +26,6 @@ def slide_windows(h_img, w_img, crop_size, stride):
             x2 = min(w_idx * w_stride + w_crop, w_img)
             windows.append((max(y2 - h_crop, 0), y2, max(x2 - w_crop, 0), x2))
     return windows
-
-
-def resized_argmax(logits, size, align_corners=False):
-    """logits: [C, h, w] -> [1, H, W] long: arg-max of the bilinearly resized logits, a few classes at a time
-    (first maximum wins, as in torch.argmax)."""
-    C = logits.shape[0]
-    chunk = max(1, RESIZE_CHUNK_BYTES // (4 * size[0] * size[1]))
-    best_val = best_idx = None
-    for start in range(0, C, chunk):
-        part = F.interpolate(logits[None, start:start + chunk], size=size, mode='bilinear',
-                             align_corners=align_corners)[0]
-        # max(dim) returns the first maximum's index like argmax, and is 6x faster than argmax across channels on CPU
-        val, idx = part.max(dim=0, keepdim=True)
-        if best_val is None:
-            best_val, best_idx = val, idx
-        else:
-            better = val > best_val
-            best_val = torch.where(better, val, best_val)
-            best_idx = torch.where(better, idx + start, best_idx)
-    return best_idx
 
 
 @MODELS.register_module()
