@@ -1,8 +1,9 @@
 """Zero-shot segmentation inference: our per-crop decoder and sliding window against the published protocol.
 
 Ours: `ZeroShotSegmentor.slide_inference` (one encoder pass per crop, `crop_batch` crops encoded together) and
-its chunked resize to the original image. Published: `published_protocol_logits` crop by crop (two encoder passes,
-one-hot products) over the same windows, then one full-size resize of every class map, as mmseg does.
+its resize to the original image of the classes that can win. Published: `published_protocol_logits` crop by crop
+(two encoder passes, every stage's group map resized, one-hot products) over the same windows, then, as mmseg 0.x
+does, every class map resized to the original image at once, softmax and arg-max.
 """
 import torch
 import torch.nn.functional as F
@@ -30,21 +31,24 @@ def protocol_size(h: int, w: int, short: int) -> tuple:
 
 
 def published_slide(model, img, text_embedding, cfg) -> torch.Tensor:
-    """img: [1, 3, H, W] -> [1, N + 1, H, W]: the published per-crop protocol over mmseg's windows."""
+    """img: [1, 3, H, W] -> [1, N + 1, H, W]: the published per-crop protocol over mmseg's windows, each crop's
+    logits zero-padded to the image size and added, as mmseg's slide_inference does."""
     from segmentation.evaluation import published_protocol_logits, slide_windows
     h, w = img.shape[-2:]
     preds = img.new_zeros((1, text_embedding.shape[0] + 1, h, w))
     count = img.new_zeros((1, 1, h, w))
     for y1, y2, x1, x2 in slide_windows(h, w, cfg.crop_size, cfg.stride):
-        preds[:, :, y1:y2, x1:x2] += published_protocol_logits(model, img[:, :, y1:y2, x1:x2], text_embedding, True,
-                                                               cfg.bg_thresh, cfg.top_k)
+        crop = published_protocol_logits(model, img[:, :, y1:y2, x1:x2], text_embedding, True, cfg.bg_thresh,
+                                         cfg.top_k)
+        preds += F.pad(crop, (x1, w - x2, y1, h - y2))
         count[:, :, y1:y2, x1:x2] += 1
     return preds / count
 
 
 def published_to_original(logits, size) -> torch.Tensor:
-    """Every class map resized to the original image at once, then arg-max (mmseg's post-processing)."""
-    return F.interpolate(logits, size=size, mode='bilinear', align_corners=False).argmax(dim=1)
+    """Every class map resized to the original image at once, softmax over classes, arg-max (the post-processing
+    of mmseg 0.x, which the published code runs on)."""
+    return F.softmax(F.interpolate(logits, size=size, mode='bilinear', align_corners=False), dim=1).argmax(dim=1)
 
 
 def decoder_like_logits(num_classes=151, hw=(45, 67), regions=(5, 7), active=12, seed=0):
@@ -120,13 +124,17 @@ def seg_comparison(device, repeats, warmup, clock, crop=448, stride=224, crop_ba
     timing = dict(device=device, repeats=repeats, warmup=warmup, clock=clock)
     return {
         'crop_size': crop, 'stride': stride, 'crop_batch': crop_batch, 'num_classes': len(VOC_CLASSES) + 1,
-        'voc_input_hw': list(voc.shape[-2:]), 'large_original_hw': list(large_hw),
+        'voc_input_hw': list(voc.shape[-2:]), 'voc_original_hw': list(voc_hw), 'large_original_hw': list(large_hw),
         'large_input_hw': list(large.shape[-2:]), 'large_num_classes': large_classes + 1,
         'crop': _compare(lambda: zero_shot_logits(model, crop_img, text, True, cfg.bg_thresh, cfg.top_k),
                          lambda: published_protocol_logits(model, crop_img, text, True, cfg.bg_thresh, cfg.top_k),
                          **timing),
         'voc_image': _compare(lambda: segmentor.slide_inference(voc, None),
                               lambda: published_slide(model, voc, text, cfg), **timing),
+        # the whole per-image cost: sliding window, then labels at the original size
+        'voc_image_labels': _compare(lambda: resized_argmax(segmentor.slide_inference(voc, None)[0], voc_hw),
+                                     lambda: published_to_original(published_slide(model, voc, text, cfg), voc_hw),
+                                     **timing, labels=lambda x: x),
         'large_image': _compare(
             lambda: resized_argmax(large_segmentor.slide_inference(large, None)[0], large_hw),
             lambda: published_to_original(published_slide(model, large, many, cfg), large_hw),
