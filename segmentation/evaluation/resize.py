@@ -23,32 +23,43 @@ def _cell_corners(t):
     return torch.stack([t[..., :-1, :-1], t[..., :-1, 1:], t[..., 1:, :-1], t[..., 1:, 1:]])
 
 
-def winning_candidates(logits, chunk=64):
+def _survivors_in_mixed_cells(logits, rows, cols, winners, margin):
+    """Cells (rows [M], cols [M]) whose corners have different winners (winners: [4, M]) -> [C] bool: classes
+    not below, at all four corners, one of the corner winners or their mean, in at least one of the cells."""
+    h, w = logits.shape[1:]
+    below, right = (rows + 1).clamp(max=h - 1), (cols + 1).clamp(max=w - 1)
+    values = logits[:, torch.stack([rows, rows, below, below]), torch.stack([cols, right, cols, right])]  # [C, 4, M]
+    cells = torch.arange(len(rows), device=logits.device)
+    references = torch.stack([values[d, :, cells].T for d in winners])  # [4 winners, 4 corners, M]
+    # a class below a mixture of classes at all four corners is below the best of them everywhere inside
+    references = torch.cat([references, references.mean(dim=0, keepdim=True)]) - margin
+    survives = None
+    for reference in references:
+        above = values[:, 0] >= reference[0]  # [C, M]
+        for corner in range(1, 4):
+            above |= values[:, corner] >= reference[corner]
+        survives = above if survives is None else survives & above
+    return survives.any(dim=1)
+
+
+def winning_candidates(logits, chunk=64, cells_per_block=4096):
     """logits: [C, h, w] -> ascending class indices [K] that may be the arg-max of the bilinearly resized logits
     at some pixel, for any output size. Every other class is, in every cell and at all four corners, below one of
     the classes that win at the corners or below their mean."""
     C = logits.shape[0]
-    margin = ROUNDING_MARGIN * float(logits.abs().max())
+    margin = ROUNDING_MARGIN * float(torch.stack(torch.aminmax(logits)).abs().max())
     best = logits.max(dim=0)  # [h, w]
     # cells whose corners share one winner: only classes tied with it at a corner can win inside
-    keep = torch.cat([(logits[s:s + chunk] >= best.values - margin).flatten(1).any(dim=1) for s in range(0, C, chunk)])
+    keep = torch.cat([(logits[s:s + chunk] - best.values).flatten(1).amax(dim=1) >= -margin
+                      for s in range(0, C, chunk)])
     winners = _cell_corners(best.indices)  # [4, h, w]
-    mixed = (winners != winners[0]).any(dim=0).nonzero(as_tuple=True)
-    if len(mixed[0]):
-        rows, cols = mixed
-        corner_rows = torch.stack([rows, rows, (rows + 1).clamp(max=logits.shape[1] - 1),
-                                   (rows + 1).clamp(max=logits.shape[1] - 1)])
-        corner_cols = (cols + 1).clamp(max=logits.shape[2] - 1)
-        corner_cols = torch.stack([cols, corner_cols, cols, corner_cols])
-        values = logits[:, corner_rows, corner_cols].permute(2, 1, 0)  # [M, 4 corners, C]
-        references = torch.stack([values.gather(2, d.view(-1, 1, 1).expand(-1, 4, 1)).squeeze(2)
-                                  for d in winners[:, rows, cols]])  # [4 winners, M, 4 corners]
-        # a class below a mixture of classes at all four corners is below the best of them everywhere inside
-        references = torch.cat([references, references.mean(dim=0, keepdim=True)])
-        survives = torch.ones(values.shape[0], C, dtype=torch.bool, device=logits.device)
-        for reference in references:
-            survives &= (values >= reference[..., None] - margin).any(dim=1)
-        keep |= survives.any(dim=0)
+    rows, cols = (winners != winners[0]).any(dim=0).nonzero(as_tuple=True)
+    for start in range(0, len(rows), cells_per_block):
+        if keep.all():  # dense logits: nothing left to prune, stop early
+            break
+        block = slice(start, start + cells_per_block)
+        keep |= _survivors_in_mixed_cells(logits, rows[block], cols[block], winners[:, rows[block], cols[block]],
+                                          margin)
     return keep.nonzero().flatten()
 
 
