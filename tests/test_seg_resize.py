@@ -65,3 +65,11 @@ def test_random_logits_with_near_ties_give_the_same_labels():
         logits += torch.randn(logits.shape, generator=g) * 1e-7  # near-ties at float precision
         size = (int(torch.randint(5, 90, (1,), generator=g)), int(torch.randint(5, 90, (1,), generator=g)))
         assert torch.equal(resized_argmax(logits, size), full_argmax(logits, size)), (trial, size)
+
+
+def test_non_finite_logits_resize_every_class():
+    logits = torch.randn(4, 5, 6)
+    logits[2, 1, 1] = float('nan')
+    logits[1, 3, 3] = float('inf')
+    assert winning_candidates(logits).tolist() == [0, 1, 2, 3]
+    assert resized_argmax(logits, (11, 13)).shape == (1, 11, 13)

@@ -6,6 +6,8 @@ are the same when only the classes that can win somewhere are resized: a bilinea
 of one 2x2 neighbourhood (cell) of the input, so a class that is below another class at all four corners of a
 cell (or below a weighted mean of other classes) is below it everywhere inside the cell.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -48,6 +50,8 @@ def winning_candidates(logits, chunk=64, cells_per_block=4096):
     the classes that win at the corners or below their mean."""
     C = logits.shape[0]
     margin = ROUNDING_MARGIN * float(torch.stack(torch.aminmax(logits)).abs().max())
+    if not math.isfinite(margin):  # NaN or inf logits: no bound holds, resize every class
+        return torch.arange(C, device=logits.device)
     best = logits.max(dim=0)  # [h, w]
     # cells whose corners share one winner: only classes tied with it at a corner can win inside
     keep = torch.cat([(logits[s:s + chunk] - best.values).flatten(1).amax(dim=1) >= -margin
