@@ -62,6 +62,7 @@ def test_single_process_report(run, capsys):
     report = json.loads((out / 'seg_toy.json').read_text())
     assert report['checkpoint_sha256'] == hashlib.sha256(Path(run['ckpt']).read_bytes()).hexdigest()[:12]
     assert report['protocol']['bg_thresh'] == 0.3 and report['protocol']['num_images'] == 5
+    assert 'precision' not in report['protocol']  # float32, the published arithmetic
     assert report['world_size'] == 1 and len(report['per_class']) == 9
     assert sorted(os.listdir(out / 'vis')) == ['00000_val_000000.png', '00001_val_000001.png']
 
@@ -76,9 +77,11 @@ def test_single_process_report(run, capsys):
 
 def test_report_next_to_checkpoint_by_default(run):
     main_seg.main([run['cfg'], '--resume', run['ckpt'], '--opts', 'evaluate.seg.opts',
-                   f"['data_root={run['tmp'] / 'toy/voc'}','dataset.ann_file=ImageSets/Segmentation/tune.txt']"])
+                   f"['data_root={run['tmp'] / 'toy/voc'}','dataset.ann_file=ImageSets/Segmentation/tune.txt',"
+                   "'test_cfg.precision=bfloat16']"])
     report = json.loads((run['tmp'] / 'ckpt_seg_toy.json').read_text())
     assert report['protocol']['num_images'] == 1 and report['protocol']['bg_thresh'] == 0.5
+    assert report['protocol']['precision'] == 'bfloat16'
 
 
 def free_port():

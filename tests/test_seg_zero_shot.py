@@ -188,6 +188,27 @@ def test_tcl_background_rule_and_pamr(model, text):
         segmentor(model, text, bg_rule='other')
 
 
+def test_bfloat16_precision_runs_the_encoder_under_autocast(model, text):
+    """The encoder's matrix products run in bfloat16; the class scores and everything after stay float32."""
+    img = torch.randn(1, 3, 64, 96)
+    linear = next(m for m in model.img_encoder.modules() if isinstance(m, torch.nn.Linear))
+    dtypes = []
+    hook = linear.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    try:
+        with torch.no_grad():
+            exact = segmentor(model, text, crop_size=(64, 64), stride=(32, 32), bg_thresh=0.5).inference(
+                img, metas(64, 96))
+            calls = len(dtypes)
+            fast = segmentor(model, text, crop_size=(64, 64), stride=(32, 32), bg_thresh=0.5,
+                             precision='bfloat16').inference(img, metas(64, 96))
+    finally:
+        hook.remove()
+    assert set(dtypes[:calls]) == {torch.float32} and set(dtypes[calls:]) == {torch.bfloat16}
+    assert fast.dtype == torch.float32 and fast.shape == exact.shape and not torch.equal(fast, exact)
+    with pytest.raises(ValueError, match="test_cfg.precision must be one of .*got 'fp8'"):
+        segmentor(model, text, precision='fp8')
+
+
 def test_class_text_embedding_chunks_and_templates():
     model = tiny_model(vocab_size=49408, context_length=77)
     from datasets import build_class_tokens, tokenize

@@ -115,6 +115,8 @@ def describe(bench, dataset):
         pamr=bool(t.pamr), top_k=t.top_k)
     if t.mode == 'slide':
         info.update(crop_size=list(t.crop_size), stride=list(t.stride))
+    if t.get('precision', 'float32') != 'float32':
+        info['precision'] = t.precision
     if t.pamr:
         info.update(pamr_iters=t.pamr_iters, pamr_dilations=list(t.pamr_dilations),
                     pamr_downsample=t.pamr_downsample)
@@ -128,6 +130,6 @@ def describe(bench, dataset):
 
 def format_protocol(info):
     keys = ('protocol', 'dataset', 'split', 'num_images', 'num_classes', 'template', 'resize', 'mode', 'crop_size',
-            'stride', 'bg_rule', 'bg_thresh', 'pamr', 'pamr_iters', 'pamr_dilations', 'top_k', 'prompt_names',
-            'overrides')
+            'stride', 'bg_rule', 'bg_thresh', 'pamr', 'pamr_iters', 'pamr_dilations', 'top_k', 'precision',
+            'prompt_names', 'overrides')
     return ' | '.join(f'{k}={info[k]}' for k in keys if k in info and info[k] is not None)

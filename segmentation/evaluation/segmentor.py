@@ -12,6 +12,8 @@ from .resize import resized_argmax
 from .zero_shot import class_scores, groupvit_background
 
 BG_RULES = ('groupvit', 'tcl')
+# test_cfg.precision -> autocast dtype of the image encoder (None: float32, the published arithmetic)
+PRECISIONS = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
 
 def slide_windows(h_img, w_img, crop_size, stride):
@@ -41,6 +43,10 @@ class ZeroShotSegmentor(EncoderDecoder):
         self.test_cfg = ConfigDict(test_cfg)
         if self.test_cfg.bg_rule not in BG_RULES:
             raise ValueError(f'test_cfg.bg_rule must be one of {BG_RULES}, got {self.test_cfg.bg_rule!r}')
+        precision = self.test_cfg.get('precision', 'float32')
+        if precision not in PRECISIONS:
+            raise ValueError(f'test_cfg.precision must be one of {tuple(PRECISIONS)}, got {precision!r}')
+        self.amp_dtype = PRECISIONS[precision]
         self.num_classes = self.out_channels = len(text_embedding) + int(with_bg)
         self.align_corners = False
         self.pamr = PAMR(self.test_cfg.pamr_iters, self.test_cfg.pamr_dilations) if self.test_cfg.pamr else None
@@ -48,7 +54,7 @@ class ZeroShotSegmentor(EncoderDecoder):
     def encode_decode(self, inputs, batch_img_metas=None):
         """inputs: [B, 3, H, W] normalised crops -> logits [B, num_classes, H, W]."""
         t = self.test_cfg
-        scores, peaks = class_scores(self.model, inputs, self.text_embedding, t.top_k)
+        scores, peaks = class_scores(self.model, inputs, self.text_embedding, t.top_k, self.amp_dtype)
         if self.pamr is not None:
             scores = refine_with_pamr(self.pamr, inputs, scores, t.pamr_downsample)
         if not self.with_bg:

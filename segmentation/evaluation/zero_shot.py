@@ -56,19 +56,24 @@ def group_class_affinity(group_emb, image_emb, text_embedding, logit_scale, top_
     return restricted * unrestricted
 
 
-def encode_crops(model, img):
+def encode_crops(model, img, amp_dtype=None):
     """img: [B, 3, H, W] -> (group maps [B, H, W, G], group embeddings [B, G, C], pooled embeddings [B, C])
-    from ONE pass of the image encoder."""
-    out = model.img_encoder(img, return_attn=True, return_feat=True, as_dict=True)
+    from ONE pass of the image encoder; `amp_dtype` (e.g. torch.bfloat16) runs the encoder under autocast, and
+    everything after it in float32."""
+    with torch.autocast(img.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        out = model.img_encoder(img, return_attn=True, return_feat=True, as_dict=True)
+    if amp_dtype is not None:
+        out['attn_dicts'] = [None if a is None else {'soft': a['soft'].float()} for a in out['attn_dicts']]
+        out['feat'], out['x'] = out['feat'].float(), out['x'].float()
     maps = final_group_maps(out['attn_dicts'], img.shape[-2:])
     return maps, model.img_projector(out['feat']), model.img_projector(out['x'])
 
 
-def class_scores(model, img, text_embedding, top_k=5):
+def class_scores(model, img, text_embedding, top_k=5, amp_dtype=None):
     """img: [B, 3, H, W] normalised crops -> (scores [B, N, H, W], max affinity [B]).
 
     Every pixel takes the affinity row of its arg-max final group."""
-    maps, groups, pooled = encode_crops(model, img)
+    maps, groups, pooled = encode_crops(model, img, amp_dtype)
     labels = maps.argmax(dim=-1)  # [B, H, W]
     scores, peaks = [], []
     for b in range(img.shape[0]):

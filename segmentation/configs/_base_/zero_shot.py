@@ -19,6 +19,7 @@ test_cfg = dict(
     crop_size=(448, 448),
     stride=(224, 224),
     crop_batch=8,  # crops encoded together; changes speed and memory, not the numbers
+    precision='float32',  # image encoder arithmetic: 'float32' (published) or 'bfloat16' / 'float16' autocast
     template=None,  # prompt templates; None: the model config's evaluate.seg.template
     top_k=5,  # classes kept per crop by the pooled image embedding (GroupViT)
     bg_rule='groupvit',  # 'groupvit': max group-class affinity below min(bg_thresh, max affinity); 'tcl': constant
