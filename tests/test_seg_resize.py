@@ -23,6 +23,12 @@ def test_equals_arg_max_of_all_classes_resized(size, align_corners, monkeypatch)
     assert torch.equal(resized_argmax(logits, size, align_corners), full_argmax(logits, size, align_corners))
 
 
+def test_half_precision_logits_keep_their_rounding_margin():
+    logits = decoder_like_logits(num_classes=12, hw=(13, 17), regions=(3, 4), active=5).to(torch.bfloat16)
+    for size in [(40, 50), (7, 9), (101, 33)]:
+        assert torch.equal(resized_argmax(logits, size), full_argmax(logits, size)), size
+
+
 def test_single_row_and_column_inputs():
     for shape in [(4, 1, 9), (4, 9, 1), (4, 1, 1)]:
         logits = torch.randn(shape)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 # bytes of float32 logits resized to the original image at once; larger images are resized a few classes at a time
 RESIZE_CHUNK_BYTES = 256 * 2**20
-# margin for float rounding of the interpolation weights, relative to the largest |logit|; 80 float32 epsilons
-ROUNDING_MARGIN = 1e-5
+# margin for float rounding of the interpolation, in machine epsilons of the logits' dtype times the largest |logit|
+ROUNDING_MARGIN_EPS = 80
 
 
 def _cell_corners(t):
@@ -49,7 +49,8 @@ def winning_candidates(logits, chunk=64, cells_per_block=4096):
     at some pixel, for any output size. Every other class is, in every cell and at all four corners, below one of
     the classes that win at the corners or below their mean."""
     C = logits.shape[0]
-    margin = ROUNDING_MARGIN * float(torch.stack(torch.aminmax(logits)).abs().max())
+    largest = float(torch.stack(torch.aminmax(logits)).abs().max())
+    margin = ROUNDING_MARGIN_EPS * torch.finfo(logits.dtype).eps * largest
     if not math.isfinite(margin):  # NaN or inf logits: no bound holds, resize every class
         return torch.arange(C, device=logits.device)
     best = logits.max(dim=0)  # [h, w]
