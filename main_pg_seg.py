@@ -165,7 +165,7 @@ def main(argv=None):
             train(cfg, model, device, precision)
     except RUN_ERRORS as e:
         logger.error(str(e))
-        close_distributed()
+        close_distributed(wait_for_others=False)
         sys.exit(1)
     close_distributed()
 

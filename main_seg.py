@@ -23,6 +23,7 @@ from segmentation.evaluation import (benchmark_from_cfg, build_benchmark_dataset
                                      format_protocol, format_table, write_report)
 from utils.checkpoint import CheckpointError, is_checkpoint_dir, load_weights
 from utils.config import ConfigError, get_config
+from utils.misc import close_distributed
 
 
 def parse_args(argv=None):
@@ -114,14 +115,15 @@ def build_model_from(cfg):
 
 def main(argv=None):
     args = parse_args(argv)
+    finished = False
     try:
         evaluate(args)
+        finished = True
     except (SegDataError, ConfigError, CheckpointError) as e:
         print(f'error: {e}', file=sys.stderr)
         sys.exit(2)
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        close_distributed(wait_for_others=finished)
 
 
 if __name__ == '__main__':

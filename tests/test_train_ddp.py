@@ -57,7 +57,7 @@ def loss_and_grads(model, image, text, runner=None):
 def worker(out_path):
     import torch.distributed as dist
 
-    from utils.misc import init_distributed, wrap_ddp
+    from utils.misc import close_distributed, init_distributed, wrap_ddp
     device = init_distributed()
     rank = dist.get_rank()
     results = {}
@@ -71,7 +71,7 @@ def worker(out_path):
         results[k] = {'loss': loss / dist.get_world_size(), 'grads': grads}
     if rank == 0:
         torch.save(results, out_path)
-    dist.destroy_process_group()
+    close_distributed()
 
 
 def free_port():

@@ -23,8 +23,13 @@ def init_distributed() -> torch.device:
     return device
 
 
-def close_distributed():
+def close_distributed(wait_for_others: bool = True):
+    """Leave the process group. `wait_for_others`: meet every rank first, so that no rank closes its gloo
+    connections while a peer still uses them (the peer then aborts); False on an error path, where the other
+    ranks may never arrive."""
     if dist.is_available() and dist.is_initialized():
+        if wait_for_others:
+            dist.barrier()
         dist.destroy_process_group()
 
 
