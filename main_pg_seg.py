@@ -77,8 +77,8 @@ def train(cfg, model, device, precision):
                             build_text_transform(True, cfg.data.text_aug, tokenize), rank, world,
                             int(cfg.data.seed) + 1_000_003 * state.epoch)
     find_unused = OmegaConf.select(cfg, 'train.find_unused_parameters', default=None)
-    if find_unused is None:  # PGSeg leaves some parameters without gradient in some steps; GroupViT uses all
-        find_unused = bool(getattr(model, 'with_prototypes', True))
+    if find_unused is None:
+        find_unused = model.find_unused_parameters
     train_model = wrap_ddp(model, device, find_unused)
     writer = MetricWriter(cfg.output, rank, bool(cfg.wandb), cfg.model_name,
                           OmegaConf.to_container(cfg, resolve=True))
@@ -155,7 +155,7 @@ def main(argv=None):
         logger.info(f'output folder {cfg.output}; device {device}; {get_world_size()} processes')
         seed_everything(int(cfg.seed))
         model = build_model(cfg.model).to(device)
-        logger.info(f'{cfg.model.type}/{cfg.model.img_encoder.type}: '
+        logger.info(f'{type(model).__name__}: '
                     f'{sum(p.numel() for p in model.parameters() if p.requires_grad)} trainable parameters')
         precision = Precision(cfg.train.amp_opt_level, device.type)
         logger.info(f'precision {precision.describe()}')

@@ -33,7 +33,8 @@ def protocol_size(h: int, w: int, short: int) -> tuple:
 def published_slide(model, img, text_embedding, cfg) -> torch.Tensor:
     """img: [1, 3, H, W] -> [1, N + 1, H, W]: the published per-crop protocol over mmseg's windows, each crop's
     logits zero-padded to the image size and added, as mmseg's slide_inference does."""
-    from segmentation.evaluation import published_protocol_logits, slide_windows
+    from models.groupvit.reference import published_protocol_logits
+    from segmentation.evaluation import slide_windows
     h, w = img.shape[-2:]
     preds = img.new_zeros((1, text_embedding.shape[0] + 1, h, w))
     count = img.new_zeros((1, 1, h, w))
@@ -97,7 +98,8 @@ def seg_comparison(device, repeats, warmup, clock, crop=448, stride=224, crop_ba
     the resize to the original size): ours vs the published protocol; plus fused attention in float32 (the same
     logits up to float rounding: its largest difference is reported) and our fast path (test_cfg.precision
     'bfloat16' with fused attention), which changes the logits: its label differences are counted."""
-    from segmentation.evaluation import ZeroShotSegmentor, published_protocol_logits, zero_shot_logits
+    from models.groupvit.reference import published_protocol_logits
+    from segmentation.evaluation import ZeroShotSegmentor, zero_shot_logits
     from segmentation.evaluation.resize import resized_argmax, winning_candidates
     cfg = protocol_cfg(crop, stride, crop_batch)
     model = build_ours(load_model_cfg(CONFIGS['groupvit'], extra_opts), device).eval()
@@ -124,7 +126,7 @@ def seg_comparison(device, repeats, warmup, clock, crop=448, stride=224, crop_ba
         'crop_size': crop, 'stride': stride, 'crop_batch': crop_batch, 'num_classes': len(VOC_CLASSES) + 1,
         'voc_input_hw': list(voc.shape[-2:]), 'voc_original_hw': list(voc_hw), 'large_original_hw': list(large_hw),
         'large_input_hw': list(large.shape[-2:]), 'large_num_classes': large_classes + 1,
-        'crop': _compare(lambda: zero_shot_logits(model, crop_img, text, True, cfg.bg_thresh, cfg.top_k),
+        'crop': _compare(lambda: zero_shot_logits(model, crop_img, text, True, cfg.bg_thresh, top_k=cfg.top_k),
                          lambda: published_protocol_logits(model, crop_img, text, True, cfg.bg_thresh, cfg.top_k),
                          **timing),
         'voc_image': _compare(lambda: segmentor.slide_inference(voc, None),

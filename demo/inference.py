@@ -16,8 +16,7 @@ import torch
 
 import segmentation  # noqa: F401  (makes mmcv.ops importable before mmseg)
 from segmentation.datasets import SegDataError, read_toy_classes
-from segmentation.evaluation import (ZeroShotSegmentor, class_text_embedding, final_group_maps,
-                                     group_class_affinity, load_benchmark, prompt_names)
+from segmentation.evaluation import ZeroShotSegmentor, class_text_embedding, load_benchmark, prompt_names
 from segmentation.evaluation.resize import resized_argmax
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -175,7 +174,7 @@ class Segmenter:
         crop_h, crop_w = self.bench.test_cfg.crop_size
         h, w = inputs.shape[-2:]
         factor = (GROUP_MAP_CROPS * crop_h * crop_w / (h * w)) ** 0.5
-        patch = self.model.img_encoder.patch_size
+        patch = self.model.patch_size
         if factor >= 1:
             size = (h, w)
         else:
@@ -186,25 +185,21 @@ class Segmenter:
         return torch.nn.functional.interpolate(inputs, size=size, mode='bilinear', align_corners=False)
 
     def _add_groups(self, pred: Prediction, inputs, size, text, vocab: Vocabulary, test_cfg) -> None:
-        """Group maps of every grouping stage and the best class of each final group, from one encoder pass."""
-        x = self._group_input(inputs)
-        out = self.model.img_encoder(x, return_attn=True, return_feat=True, as_dict=True)
-        attn = [a for a in out['attn_dicts'] if a is not None]
-        for stage in range(len(attn)):
-            maps = final_group_maps(attn[:stage + 1], tuple(x.shape[-2:]))  # [1, h, w, G]
-            maps = torch.nn.functional.interpolate(maps.permute(0, 3, 1, 2), size=size, mode='bilinear',
+        """Group maps of every grouping stage and the best class of each final group (methods with groups)."""
+        view = self.model.group_view(self._group_input(inputs), text, bg_thresh=test_cfg['bg_thresh'],
+                                     top_k=test_cfg.get('top_k', 5), bg_rule=test_cfg.get('bg_rule', 'groupvit'))
+        if view is None:
+            return
+        for maps in view.maps:
+            maps = torch.nn.functional.interpolate(maps.permute(2, 0, 1)[None], size=size, mode='bilinear',
                                                    align_corners=False)
             pred.groups.append(maps[0].argmax(dim=0).cpu().numpy())
             pred.num_groups.append(maps.shape[1])
-        affinity = group_class_affinity(self.model.img_projector(out['feat'])[0], self.model.img_projector(out['x']),
-                                        text, self.model.logit_scale, test_cfg.get('top_k', 5))  # [G, N]
-        score, best = affinity.max(dim=-1)
-        thresh = test_cfg['bg_thresh']
-        if test_cfg.get('bg_rule', 'groupvit') == 'groupvit':
-            thresh = min(thresh, float(affinity.max()))
+        score, best = view.affinity.max(dim=-1)
         for g in np.unique(pred.groups[-1]).tolist():
             text = f'{vocab.names[int(vocab.with_bg) + int(best[g])]} {float(score[g]):.2f}'
-            pred.group_names[g] = f'background ({text})' if vocab.with_bg and float(score[g]) < thresh else text
+            background = vocab.with_bg and float(score[g]) < view.background_threshold
+            pred.group_names[g] = f'background ({text})' if background else text
 
 
 def load_model(cfg, resume: Optional[str], seed: int = 0):

@@ -1,7 +1,9 @@
+"""Every method of the framework: one package each, registered in MODELS (see models/base.py for the contract)."""
+from .base import GroupView, SegmentationMethod, training_loss
 from .builder import MODELS, build_model
-from .contrastive import MultiLabelContrastive
-from .group_vit import GroupViT
-from .pgseg import PGSeg
+from .groupvit import GroupViT, MultiLabelContrastive
+from .pgseg import PGSeg, PGSegContrastive
 from .text_transformer import TextTransformer
 
-__all__ = ['MODELS', 'build_model', 'MultiLabelContrastive', 'GroupViT', 'PGSeg', 'TextTransformer']
+__all__ = ['MODELS', 'build_model', 'SegmentationMethod', 'GroupView', 'training_loss', 'MultiLabelContrastive',
+           'GroupViT', 'PGSeg', 'PGSegContrastive', 'TextTransformer']

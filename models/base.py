@@ -23,7 +23,8 @@ Zero-shot segmentation (per crop; the mmseg segmentor does the windows and the r
   zero_shot_logits(img [B, 3, h, w], text_embedding [N, C], with_bg, bg_thresh, **options)
       -> [B, N (+1, background first, when with_bg), h, w]. `options` are the method's own protocol settings
       (named arguments of its `zero_shot_logits`); the segmentor passes the protocol's test_cfg entries it names.
-  group_view(img [1, 3, h, w], text_embedding [N, C], **options) -> GroupView or None (no groups).
+  group_view(img [1, 3, h, w], text_embedding [N, C], bg_thresh, **options) -> GroupView, or None for a method
+      without groups; `options` as for zero_shot_logits.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -99,5 +100,6 @@ class SegmentationMethod(nn.Module):
                          **options) -> torch.Tensor:
         raise NotImplementedError
 
-    def group_view(self, img: torch.Tensor, text_embedding: torch.Tensor, **options) -> Optional[GroupView]:
+    def group_view(self, img: torch.Tensor, text_embedding: torch.Tensor, bg_thresh: float,
+                   **options) -> Optional[GroupView]:
         return None

@@ -1,13 +1,11 @@
-"""CLIP-style text transformer (causal mask, pooled at the end-of-text token)."""
+"""CLIP-style transformer blocks and text transformer (causal mask, pooled at the end-of-text token)."""
 from collections import OrderedDict
-from typing import NamedTuple, Optional
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as checkpoint
 
 from .builder import MODELS
-from .prototypes import TextPrototypes
 
 
 class QuickGELU(nn.Module):
@@ -62,21 +60,16 @@ class Transformer(nn.Module):
         return x
 
 
-class TextOutput(NamedTuple):
-    x: torch.Tensor                       # [B, width] embedding at the end-of-text token
-    prototypes: Optional[torch.Tensor]    # [B, K, 1] PGSeg text prototypes, None without them
-
-
 @MODELS.register_module()
 class TextTransformer(nn.Module):
-    """Arguments mirror `model.text_encoder`; `num_prototypes` > 0 adds PGSeg's text prototypes (`Atten`).
+    """Arguments mirror `model.text_encoder`.
 
     trim_context: run only up to the batch's last end-of-text token. The same function (the mask is causal and the
         output is read at end-of-text), not the same bits; 2-4x less text compute on web captions.
     """
 
     def __init__(self, context_length: int, width: int, layers: int, vocab_size: int, use_checkpoint=False,
-                 num_prototypes: int = 0, prototype_update_in_eval: bool = True, trim_context: bool = False):
+                 trim_context: bool = False):
         super().__init__()
         self.context_length = context_length
         self.trim_context = trim_context
@@ -89,21 +82,13 @@ class TextTransformer(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
         self.register_buffer('attn_mask', torch.full((context_length, context_length), float('-inf')).triu_(1),
                              persistent=False)
-        if num_prototypes > 0:
-            self.Atten = TextPrototypes(num_output_group=num_prototypes, update_in_eval=prototype_update_in_eval)
-        else:
-            self.Atten = None
 
-    def forward(self, text) -> TextOutput:
-        """text: [B, L] token ids (end-of-text has the largest id) -> TextOutput"""
+    def forward(self, text) -> torch.Tensor:
+        """text: [B, L] token ids (end-of-text has the largest id) -> [B, width] at the end-of-text token"""
         if self.trim_context:
             text = text[:, :int(text.argmax(dim=-1).max()) + 1]
         L = text.shape[1]
         x = self.token_embedding(text) + self.positional_embedding[:L]
         x = self.transformer(x.transpose(0, 1), self.attn_mask[:L, :L].to(x.dtype)).transpose(0, 1)
         x = self.ln_final(x)
-        x = x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]
-        prototypes = None
-        if self.Atten is not None and (self.training or self.Atten.update_in_eval):
-            prototypes = self.Atten(x)
-        return TextOutput(x, prototypes)
+        return x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)]

@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from models import build_model
-from models.grouping import gumbel_softmax, hard_softmax
+from models.groupvit.grouping import gumbel_softmax, hard_softmax
 from models.layers import DistributedBatchNorm1d
-from models.prototypes import (gather_matched, high_relevance_mask, hungarian_match, prototype_contrastive_loss)
+from models.pgseg.prototypes import (gather_matched, high_relevance_mask, hungarian_match, prototype_contrastive_loss)
 from utils.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,11 +156,15 @@ def test_full_size_models_have_the_published_names_and_shapes(cfg_file, ref_file
     assert all(ours[k] == list(keys[k]) for k in keys)
 
 
-def test_pos_embed_from_another_resolution_loads():
+def test_pos_embed_from_another_resolution_loads(tmp_path):
+    from safetensors.torch import save_file
+    from utils.checkpoint import load_weights
     torch.manual_seed(0)
-    small = build_model(tiny_cfg()).img_encoder
-    big = build_model(tiny_cfg(img_size=64)).img_encoder
-    big.load_state_dict(small.state_dict())
+    small = build_model(tiny_cfg())
+    big = build_model(tiny_cfg(img_size=64))
+    save_file(small.state_dict(), str(tmp_path / 'small.safetensors'))
+    load_weights(big, str(tmp_path / 'small.safetensors'))
+    small, big = small.img_encoder, big.img_encoder
     assert big.pos_embed.shape == (1, 64, 32)
     grid = small.pos_embed.reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
     expected = F.interpolate(grid, size=(8, 8), mode='bicubic', align_corners=False)

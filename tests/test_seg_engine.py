@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 import segmentation  # noqa: F401
 from segmentation.mmcv_compat import install, point_sample, sigmoid_focal_loss
-from segmentation.evaluation import PAMR, SegIoUMetric, refine_with_pamr, segmentation_templates, slide_windows
-from segmentation.evaluation.zero_shot import feature_grid
+from models.pamr import PAMR, refine_with_pamr
+from segmentation.evaluation import SegIoUMetric, segmentation_templates, slide_windows
+from models.groupvit.segmentation import feature_grid
 
 
 def test_shim_is_active_exactly_without_compiled_ops():

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from datasets.shards import format_counts, merge_counts
+from models.base import training_loss
 
 from .distributed import get_world_size, is_distributed
 from .logging import MetricWriter, get_logger
@@ -78,15 +79,17 @@ def _to_device(batch: dict, device: torch.device) -> dict:
 def _forward_backward(t: Trainer, inputs: dict, sync: bool):
     """One micro-batch: forward, finiteness check over ranks, backward of loss / accumulation.
 
-    Returns (loss terms incl. 'total_loss', finite). When the loss is non-finite the module's buffers are put back
+    inputs: the batch's tensors, passed to the method's forward_train by name; the loss is the sum of the terms
+    whose name contains 'loss' (models.base.training_loss), the others are only logged.
+    Returns (every term and 'total_loss', finite). When the loss is non-finite the module's buffers are put back
     as they were before the forward (PGSeg's prototypes and batch-norm statistics update during the forward and
     would otherwise keep the NaN after the optimizer step is skipped).
     """
     buffers = {name: b.detach().clone() for name, b in t.model.named_buffers()}
     with (contextlib.nullcontext() if sync else t.train_model.no_sync()):
         with t.precision.autocast():
-            losses = t.train_model(image=inputs['image'], text=inputs['text'])
-        loss = sum(losses.values())
+            losses = t.train_model(**inputs)
+        loss = training_loss(losses)
         finite = all_finite(loss)
         t.precision.backward(loss / t.accumulation)
     if not finite:
@@ -141,6 +144,8 @@ def train_one_epoch(t: Trainer, epoch: int) -> Dict[str, float]:
         batch = next(t.batches)
         merge_counts(bad_this_epoch, batch.get('bad') or {})
         inputs = _to_device(batch, t.device)
+        if idx % t.accumulation == 0:
+            t.model.begin_step(t.state.step)
         boundary = (idx + 1) % t.accumulation == 0 or idx + 1 == t.steps_per_epoch
         sync = boundary or not isinstance(t.train_model, torch.nn.parallel.DistributedDataParallel)
         terms, finite = _forward_backward(t, inputs, sync)
@@ -161,6 +166,7 @@ def train_one_epoch(t: Trainer, epoch: int) -> Dict[str, float]:
             continue
         grad_norm = _optimizer_update(t)
         t.optimizer.zero_grad(set_to_none=True)
+        t.model.end_step(t.state.step)
         t.state.step += 1
         t.scheduler.step_update(t.state.step)
         if t.precision.scaler is None and not torch.isfinite(torch.tensor(grad_norm)):

@@ -1,19 +1,16 @@
-"""Zero-shot segmentation evaluation of GroupViT / PGSeg models (mmseg 1.x engine)."""
+"""Zero-shot segmentation evaluation of any method (mmseg 1.x engine)."""
 from .benchmark import (build_benchmark_dataset, class_names, describe, format_protocol, load_benchmark,
                         prompt_names, select_split)
 from .evaluator import benchmark_from_cfg, build_segmentor, evaluate_background, evaluate_seg, run_benchmark
 from .metric import SegIoUMetric
-from .pamr import PAMR, refine_with_pamr
-from .reference import published_protocol_logits
 from .report import format_table, write_report
 from .segmentor import ZeroShotSegmentor, slide_windows
 from .text import class_text_embedding, segmentation_templates
-from .zero_shot import class_scores, final_group_maps, group_class_affinity, zero_shot_logits
+from .zero_shot import method_options, zero_shot_logits
 
 __all__ = [
-    'zero_shot_logits', 'published_protocol_logits', 'evaluate_seg', 'evaluate_background', 'build_segmentor',
+    'zero_shot_logits', 'method_options', 'evaluate_seg', 'evaluate_background', 'build_segmentor',
     'run_benchmark', 'benchmark_from_cfg', 'load_benchmark', 'select_split', 'build_benchmark_dataset',
-    'class_names', 'prompt_names', 'describe', 'format_protocol', 'SegIoUMetric', 'PAMR', 'refine_with_pamr',
-    'ZeroShotSegmentor', 'slide_windows', 'class_text_embedding', 'segmentation_templates', 'class_scores',
-    'final_group_maps', 'group_class_affinity', 'format_table', 'write_report'
+    'class_names', 'prompt_names', 'describe', 'format_protocol', 'SegIoUMetric', 'ZeroShotSegmentor',
+    'slide_windows', 'class_text_embedding', 'segmentation_templates', 'format_table', 'write_report'
 ]

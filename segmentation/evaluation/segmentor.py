@@ -1,5 +1,5 @@
-"""mmseg ``EncoderDecoder`` around a GroupViT / PGSeg model: mmseg's slide / whole inference and
-post-processing, with :func:`zero_shot_logits` as the per-crop decoder."""
+"""mmseg ``EncoderDecoder`` around any method: mmseg's slide / whole inference and post-processing, with the
+method's :func:`zero_shot_logits` as the per-crop decoder."""
 import torch
 from mmengine.config import ConfigDict
 from mmengine.structures import PixelData
@@ -7,11 +7,9 @@ from mmseg.models import EncoderDecoder
 from mmseg.models.segmentors.base import BaseSegmentor
 from mmseg.registry import MODELS
 
-from .pamr import PAMR, refine_with_pamr
 from .resize import resized_argmax
-from .zero_shot import class_scores, groupvit_background
+from .zero_shot import method_options, zero_shot_logits
 
-BG_RULES = ('groupvit', 'tcl')
 # test_cfg.precision -> autocast dtype of the image encoder (None: float32, the published arithmetic)
 PRECISIONS = {'float32': None, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 
@@ -32,8 +30,9 @@ def slide_windows(h_img, w_img, crop_size, stride):
 
 @MODELS.register_module()
 class ZeroShotSegmentor(EncoderDecoder):
-    """model: MultiLabelContrastive (GroupViT / PGSeg image encoder); text_embedding: [N, C] foreground classes;
-    with_bg: output 0 is background; test_cfg: see segmentation/configs/_base_/zero_shot.py."""
+    """model: a method (models/base.py); text_embedding: [N, C] foreground classes; with_bg: output 0 is
+    background; test_cfg: see segmentation/configs/_base_/zero_shot.py (the entries the method's
+    zero_shot_logits names are passed to it, `precision` as `amp_dtype`)."""
 
     def __init__(self, model, text_embedding, with_bg, test_cfg, data_preprocessor=None):
         BaseSegmentor.__init__(self, data_preprocessor=data_preprocessor)
@@ -41,29 +40,17 @@ class ZeroShotSegmentor(EncoderDecoder):
         self.register_buffer('text_embedding', text_embedding)
         self.with_bg = with_bg
         self.test_cfg = ConfigDict(test_cfg)
-        if self.test_cfg.bg_rule not in BG_RULES:
-            raise ValueError(f'test_cfg.bg_rule must be one of {BG_RULES}, got {self.test_cfg.bg_rule!r}')
         precision = self.test_cfg.get('precision', 'float32')
         if precision not in PRECISIONS:
             raise ValueError(f'test_cfg.precision must be one of {tuple(PRECISIONS)}, got {precision!r}')
-        self.amp_dtype = PRECISIONS[precision]
+        self.method_options = method_options(model, {**self.test_cfg, 'amp_dtype': PRECISIONS[precision]})
         self.num_classes = self.out_channels = len(text_embedding) + int(with_bg)
         self.align_corners = False
-        self.pamr = PAMR(self.test_cfg.pamr_iters, self.test_cfg.pamr_dilations) if self.test_cfg.pamr else None
 
     def encode_decode(self, inputs, batch_img_metas=None):
         """inputs: [B, 3, H, W] normalised crops -> logits [B, num_classes, H, W]."""
-        t = self.test_cfg
-        scores, peaks = class_scores(self.model, inputs, self.text_embedding, t.top_k, self.amp_dtype)
-        if self.pamr is not None:
-            scores = refine_with_pamr(self.pamr, inputs, scores, t.pamr_downsample)
-        if not self.with_bg:
-            return scores
-        if t.bg_rule == 'tcl':
-            background = torch.full_like(scores[:, :1], t.bg_thresh)
-        else:
-            background = groupvit_background(scores, peaks, t.bg_thresh)
-        return torch.cat([background, scores], dim=1)
+        return zero_shot_logits(self.model, inputs, self.text_embedding, self.with_bg, self.test_cfg.bg_thresh,
+                                **self.method_options)
 
     def slide_inference(self, inputs, batch_img_metas):
         """mmseg's sliding window, with `crop_batch` crops encoded together (same windows, same sums)."""

@@ -9,7 +9,7 @@ from scipy.optimize import linear_sum_assignment
 
 from utils.distributed import all_gather_no_grad
 
-from .layers import ProjectMLP
+from ..layers import ProjectMLP
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 import torch
 import torch.nn as nn
 
-from .layers import CrossAttnBlock, Mlp
+from ..layers import CrossAttnBlock, Mlp
 
 
 def straight_through(y_soft: torch.Tensor, dim: int) -> torch.Tensor:
@@ -87,6 +87,7 @@ class GroupingBlock(nn.Module):
                  fused_attn=False, gumbel_scale=1.):
         super().__init__()
         self.dim = dim
+        self.out_dim = out_dim
         self.num_output_group = num_output_group
         tokens_dim, channels_dim = (int(r * dim) for r in mlp_ratio)
         self.norm_tokens = norm_layer(dim)

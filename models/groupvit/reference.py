@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .zero_shot import feature_grid
+from .segmentation import feature_grid
 
 
 def _resize_stage_map(product, size):

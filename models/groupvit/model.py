@@ -1,4 +1,7 @@
-"""Image-text contrastive model: encoders, projectors, the InfoNCE and multi-label losses, the encode_* API."""
+"""GroupViT as a method: image and text encoders, projectors, the InfoNCE and multi-label losses, the encode_* API
+and the per-crop zero-shot segmentation of its groups."""
+from typing import Dict, Optional
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -6,8 +9,10 @@ import torch.nn.functional as F
 
 from utils.distributed import all_gather_with_grad, get_rank, get_world_size
 
-from .builder import MODELS
-from .layers import ProjectMLP
+from ..base import GroupView, SegmentationMethod
+from ..builder import MODELS
+from ..layers import ProjectMLP
+from . import segmentation
 
 
 def soft_cross_entropy(logits, target):
@@ -16,17 +21,35 @@ def soft_cross_entropy(logits, target):
 
 
 @MODELS.register_module()
-class MultiLabelContrastive(nn.Module):
-    """Arguments mirror `model` in the configs. With `multi_label` = k > 0 the text input is [B, 1 + k, L]:
-    the caption, then k prompted nouns, and a multi-label loss pulls each image towards its k prompts."""
+class MultiLabelContrastive(SegmentationMethod):
+    """GroupViT (Xu et al., CVPR 2022). Arguments mirror `model` in the configs. With `multi_label` = k > 0 the text
+    input is [B, 1 + k, L]: the caption, then k prompted nouns, and a multi-label loss pulls each image towards its
+    k prompts.
+
+    The published configs name this class for every GroupViT-family model; the image encoder's type picks the
+    method class (`MultiLabelContrastive.variant_for`), e.g. PGSeg's.
+    """
+
+    variants: Dict[str, type] = {}
+
+    @classmethod
+    def variant_for(cls, img_encoder_type: str):
+        """Class decorator: the method class built when `model.img_encoder.type` is `img_encoder_type`."""
+        def register(variant):
+            cls.variants[img_encoder_type] = variant
+            return variant
+        return register
+
+    def __new__(cls, img_encoder=None, *args, **kwargs):
+        if cls is MultiLabelContrastive and img_encoder is not None:
+            cls = cls.variants.get(dict(img_encoder).get('type'), cls)
+        return super().__new__(cls)
 
     def __init__(self, img_encoder, text_encoder, output_dim=256, contrast_temperature=0.07, proj_num_layers=2,
                  multi_label=0, share_temperature=False, multi_label_loss_weight=1.0):
         super().__init__()
         self.img_encoder = MODELS.build(img_encoder)
-        text_encoder = dict(text_encoder)
-        text_encoder.setdefault('num_prototypes', getattr(self.img_encoder, 'num_text_prototypes', 0))
-        self.text_encoder = MODELS.build(text_encoder)
+        self.text_encoder = self.build_text_encoder(text_encoder)
         self.contrast_temperature = contrast_temperature
         self.logit_scale = nn.Parameter(torch.ones([]) * np.log(1 / contrast_temperature))
         self.proj_num_layers = proj_num_layers
@@ -44,13 +67,20 @@ class MultiLabelContrastive(nn.Module):
             self.multi_label_logit_scale = nn.Parameter(torch.ones([]) * np.log(1 / contrast_temperature))
         self.multi_label_loss_weight = multi_label_loss_weight
 
+    def build_text_encoder(self, cfg) -> nn.Module:
+        return MODELS.build(cfg)
+
     @property
     def with_multi_label(self):
         return self.multi_label > 0
 
     @property
-    def with_prototypes(self):
-        return hasattr(self.img_encoder, 'prototype_loss')
+    def context_length(self) -> int:
+        return self.text_encoder.context_length
+
+    @property
+    def patch_size(self) -> int:
+        return self.img_encoder.patch_size
 
     def loss(self, image_x, text_x):
         """Symmetric InfoNCE over the global batch. image_x, text_x: [B, C] (this rank's part)."""
@@ -97,47 +127,44 @@ class MultiLabelContrastive(nn.Module):
         return tuple(result.values()) if return_feat else result['image_x']
 
     def encode_text(self, text, *, as_dict=False):
-        """text: [B, L] -> text_x [B, C]; text: [B, N, L] -> 'text_x' [B, C] (first text), 'text_multi_label_x'
-        [B, N-1, C]; as_dict also carries 'text_prototypes' [B, K, 1] for PGSeg."""
+        """text: [B, L] -> text_x [B, C]; text: [B, N, L] -> 'text_x' [B, C] (first text) and
+        'text_multi_label_x' [B, N-1, C] (as_dict)."""
         if text.dim() not in (2, 3):
             raise ValueError(f'text must be [B, L] or [B, N, L] token ids, got shape {tuple(text.shape)}')
-        num_text = text.shape[1] if text.dim() == 3 else 0
-        out = self.text_encoder(text.flatten(0, 1) if num_text else text)
-        text_x = self.text_projector(out.x)
-        result = {'text_x': text_x, 'text_prototypes': out.prototypes}
-        if num_text:
-            text_x = text_x.unflatten(0, (-1, num_text))
-            result['text_x'] = text_x[:, 0]
-            result['text_multi_label_x'] = text_x[:, 1:]
-            if out.prototypes is not None:
-                result['text_prototypes'] = out.prototypes.unflatten(0, (-1, num_text))[:, 0]
+        result = self.encode_text_features(text)
+        result['text_x'] = self.text_projector(result['text_x'])
+        if text.dim() == 3:
+            text_x = result['text_x'].unflatten(0, (-1, text.shape[1]))
+            result['text_x'], result['text_multi_label_x'] = text_x[:, 0], text_x[:, 1:]
         return result if as_dict else result['text_x']
 
-    def forward_train(self, image, text):
-        """image: [B, 3, H, W]; text: [B, L] or [B, 1 + k, L] -> dict of scalar losses (their sum is trained)."""
+    def encode_text_features(self, text) -> Dict[str, torch.Tensor]:
+        """text: [B, L] or [B, N, L] -> {'text_x': [B or B*N, width]} before the projector."""
+        return {'text_x': self.text_encoder(text.flatten(0, 1) if text.dim() == 3 else text)}
+
+    def forward_train(self, image, text, **inputs):
+        """image: [B, 3, H, W]; text: [B, L] or [B, 1 + k, L] -> {'loss', 'multi_label_loss'} (scalars)."""
         text_outs = self.encode_text(text, as_dict=True)
         tokens, stages = self.img_encoder.forward_features(image)
         image_x = self.img_projector(self.img_encoder.pool(tokens))
         losses = {'loss': self.loss(image_x, text_outs['text_x'])}
-        if self.with_prototypes:
-            losses['loss_pg'] = self.img_encoder.prototype_loss(stages, text_outs['text_prototypes'])
+        losses.update(self.extra_losses(stages, text_outs))
         if self.with_multi_label:
             losses['multi_label_loss'] = self.multi_label_loss_weight * self.multi_label_loss(
                 image_x.unsqueeze(1), text_outs['text_multi_label_x'])
         return losses
 
-    def forward(self, image, text):
-        return self.forward_train(image, text) if self.training else self.zero_shot_pred(image, text)
+    def extra_losses(self, stages, text_outs) -> Dict[str, torch.Tensor]:
+        """Losses of a variant on the encoder's stage outputs (none for GroupViT)."""
+        return {}
+
+    def zero_shot_logits(self, img, text_embedding, with_bg, bg_thresh, top_k=5, bg_rule='groupvit', pamr=False,
+                         pamr_iters=10, pamr_dilations=(1, 2, 4, 8, 12, 24), pamr_downsample=4, amp_dtype=None):
+        """img: [B, 3, H, W] normalised crops; text_embedding: [N, C] -> [B, N (+1), H, W]; see
+        models/groupvit/segmentation.py for the options."""
+        return segmentation.segment_crops(self, img, text_embedding, with_bg, bg_thresh, top_k, bg_rule, pamr,
+                                          pamr_iters, pamr_dilations, pamr_downsample, amp_dtype)
 
     @torch.no_grad()
-    def build_text_embedding(self, text):
-        """text: [N, T, L] (N classes x T templates) -> [N, C] template-averaged, L2-normalised."""
-        text = text.to(next(self.parameters()).device)
-        N, T = text.shape[:2]
-        text_x = self.encode_text(text.flatten(0, 1)).unflatten(0, (N, T))
-        return F.normalize(text_x.mean(dim=1), dim=-1)
-
-    @torch.no_grad()
-    def zero_shot_pred(self, image, text):
-        """image: [B, 3, H, W]; text: [N, C] class embeddings -> cosine logits [B, N]."""
-        return F.normalize(self.encode_image(image), dim=-1) @ text.t()
+    def group_view(self, img, text_embedding, bg_thresh=0.95, top_k=5, bg_rule='groupvit') -> Optional[GroupView]:
+        return segmentation.group_view(self, img, text_embedding, bg_thresh, top_k, bg_rule)

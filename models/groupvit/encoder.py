@@ -8,9 +8,9 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as checkpoint
 from timm.layers import to_2tuple, trunc_normal_
 
-from .builder import MODELS
+from ..builder import MODELS
 from .grouping import GroupingBlock
-from .layers import AttnBlock, MixerMlp
+from ..layers import AttnBlock, MixerMlp
 
 
 class StageOutput(NamedTuple):
@@ -19,7 +19,6 @@ class StageOutput(NamedTuple):
     group_token: Optional[torch.Tensor]        # [B, S, C] this stage's group tokens after its blocks
     attn_dict: Optional[dict]                  # {'hard', 'soft'}: [B, 1, S_out, L] assignment, when asked
     centers: Optional[torch.Tensor] = None     # [B, S_out, C] group centres before assignment
-    prototypes: Optional[torch.Tensor] = None  # [B, S_out, C_out] PGSeg prototypes of the stage input
 
 
 class PatchEmbed(nn.Module):
@@ -93,15 +92,11 @@ def sincos_pos_embed(h, w, dim, temperature=10000.):
 
 
 class GroupingLayer(nn.Module):
-    """One stage: transformer blocks over [image tokens ; group tokens], then (optionally) a grouping block.
-
-    `prototypes` (PGSeg) is registered as `downsample_spatial`, the published name.
-    """
+    """One stage: transformer blocks over [image tokens ; group tokens], then (optionally) a grouping block."""
 
     def __init__(self, dim, num_input_token, depth, num_heads, num_group_token, mlp_ratio=4., qkv_bias=True,
                  qk_scale=None, drop=0., attn_drop=0., drop_path=0., norm_layer=nn.LayerNorm, downsample=None,
-                 use_checkpoint=False, group_projector=None, zero_init_group_token=False, prototypes=None,
-                 fused_attn=False):
+                 use_checkpoint=False, group_projector=None, zero_init_group_token=False, fused_attn=False):
         super().__init__()
         self.dim = dim
         self.input_length = num_input_token
@@ -120,15 +115,15 @@ class GroupingLayer(nn.Module):
                       attn_drop=attn_drop, drop_path=drop_path[i], norm_layer=norm_layer, fused_attn=fused_attn)
             for i in range(depth)])
         self.downsample = downsample
-        self.downsample_spatial = prototypes
         self.group_projector = group_projector
 
     @property
     def with_group_token(self):
         return self.group_token is not None
 
-    def forward(self, x, prev_group_token=None, return_attn=False) -> StageOutput:
-        """x: [B, L, C]; prev_group_token: [B, S_prev, C_prev] from the previous stage."""
+    def run_blocks(self, x, prev_group_token=None):
+        """x: [B, L, C]; prev_group_token: [B, S_prev, C_prev] -> (image tokens [B, L, C], group tokens [B, S, C]
+        or None) after the stage's transformer blocks."""
         group_token = None
         if self.with_group_token:
             group_token = self.group_token.expand(x.size(0), -1, -1)
@@ -140,17 +135,16 @@ class GroupingLayer(nn.Module):
         for blk in self.blocks:
             tokens = checkpoint.checkpoint(blk, tokens, use_reentrant=False) if self.use_checkpoint else blk(tokens)
         if self.with_group_token:
-            out, group_token = tokens[:, :-self.num_group_token], tokens[:, -self.num_group_token:]
-        else:
-            out = tokens
-        prototypes = None
-        if self.downsample_spatial is not None:
-            prototypes, recon = self.downsample_spatial(x)
-            out = out + recon
+            return tokens[:, :-self.num_group_token], tokens[:, -self.num_group_token:]
+        return tokens, None
+
+    def forward(self, x, prev_group_token=None, return_attn=False) -> StageOutput:
+        """x: [B, L, C]; prev_group_token: [B, S_prev, C_prev] from the previous stage."""
+        out, group_token = self.run_blocks(x, prev_group_token)
         if self.downsample is None:
-            return StageOutput(out, group_token, None, None, prototypes)
+            return StageOutput(out, group_token, None)
         out, attn_dict, centers = self.downsample(out, group_token, return_attn=return_attn)
-        return StageOutput(out, group_token, attn_dict, centers, prototypes)
+        return StageOutput(out, group_token, attn_dict, centers)
 
 
 @MODELS.register_module()
@@ -207,7 +201,7 @@ class GroupViT(nn.Module):
         self.layers = nn.ModuleList()
         for i in range(self.num_layers):
             dim = int(embed_dim * embed_factors[i])
-            downsample = prototypes = None
+            downsample = None
             if i < self.num_layers - 1:
                 out_dim = embed_dim * embed_factors[i + 1]
                 downsample = GroupingBlock(
@@ -215,7 +209,6 @@ class GroupViT(nn.Module):
                     num_output_group=num_output_groups[i], norm_layer=norm_layer, hard=hard_assignment,
                     gumbel=hard_assignment if gumbel is None else gumbel, gumbel_tau=gumbel_tau,
                     gumbel_scale=gumbel_scale, fused_attn=fused_attn)
-                prototypes = self.build_prototypes(dim, out_dim, num_output_groups[i])
             group_projector = None
             if i > 0 and num_group_tokens[i] > 0:
                 prev_dim = int(embed_dim * embed_factors[i - 1])
@@ -224,22 +217,22 @@ class GroupViT(nn.Module):
                 if dim != prev_dim:
                     group_projector = nn.Sequential(group_projector, norm_layer(prev_dim),
                                                     nn.Linear(prev_dim, dim, bias=False))
-            self.layers.append(GroupingLayer(
+            self.layers.append(self.build_layer(
                 dim=dim, num_input_token=num_input_token, depth=depths[i], num_heads=num_heads[i],
                 num_group_token=num_group_tokens[i], mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
                 drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
                 norm_layer=norm_layer, downsample=downsample, use_checkpoint=use_checkpoint,
                 group_projector=group_projector, zero_init_group_token=group_projector is not None,
-                prototypes=prototypes, fused_attn=fused_attn))
+                fused_attn=fused_attn))
             if i < self.num_layers - 1:
                 num_input_token = num_output_groups[i]
         self.norm = norm_layer(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
-    def build_prototypes(self, dim, out_dim, num_output_group) -> Optional[nn.Module]:
-        """Per-stage prototype module (none in GroupViT; PGSeg overrides)."""
-        return None
+    def build_layer(self, **kwargs) -> GroupingLayer:
+        """One stage from GroupingLayer's arguments (an encoder with other stages overrides this)."""
+        return GroupingLayer(**kwargs)
 
     @staticmethod
     def _init_weights(m):
@@ -257,14 +250,6 @@ class GroupViT(nn.Module):
 
     def get_pos_embed(self, hw):
         return interpolate_pos_embed(self.pos_embed, hw)
-
-    def load_state_dict(self, state_dict, strict=True, assign=False):
-        """Also accepts a `pos_embed` learned at another resolution (resized bicubically)."""
-        pos = state_dict.get('pos_embed')
-        if self.pos_embed_type == 'simple' and pos is not None and pos.shape != self.pos_embed.shape:
-            state_dict = dict(state_dict)
-            state_dict['pos_embed'] = interpolate_pos_embed(pos, self.patch_embed.patches_resolution)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def forward_features(self, x, return_attn=False):
         """x: [B, 3, H, W] -> (tokens [B, G, C] after the final norm, [StageOutput per stage])"""
