@@ -20,11 +20,10 @@ def segmentation_templates(name):
 @torch.no_grad()
 def class_text_embedding(model, names, template, classes_per_chunk=64):
     """names: N class prompts; template: set name -> [N, C] template-averaged, L2-normalised embeddings."""
-    from datasets import build_class_tokens, tokenize
     templates = segmentation_templates(template)
-    context_length = getattr(model.text_encoder, 'context_length', 77)
     chunks = []
     for start in range(0, len(names), classes_per_chunk):
-        tokens = build_class_tokens(names[start:start + classes_per_chunk], templates, tokenize, context_length)
-        chunks.append(model.build_text_embedding(tokens))
+        chunk = names[start:start + classes_per_chunk]
+        tokens = model.tokenize([t.format(name) for name in chunk for t in templates])
+        chunks.append(model.build_text_embedding(tokens.view(len(chunk), len(templates), -1)))
     return torch.cat(chunks)

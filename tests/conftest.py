@@ -1,0 +1,32 @@
+"""The tiny model of every method, declared once: tests/configs/<name>.yml (a full config with a tiny model).
+
+`method_name` parametrises a test over all of them; `tiny_config(name)` / `build_tiny(name)` give one.
+"""
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+METHOD_CONFIGS = {path.stem: path for path in sorted((ROOT / 'tests' / 'configs').glob('*.yml'))}
+
+
+def tiny_config_path(name: str) -> str:
+    return str(METHOD_CONFIGS[name])
+
+
+def tiny_config(name: str):
+    from utils.config import load_config
+    return load_config(tiny_config_path(name))
+
+
+def build_tiny(name: str, seed: int = 0):
+    """The method's tiny model with seeded random weights (train mode, as built)."""
+    from models import build_model
+    torch.manual_seed(seed)
+    return build_model(tiny_config(name).model)
+
+
+@pytest.fixture(params=sorted(METHOD_CONFIGS))
+def method_name(request):
+    return request.param
