@@ -20,6 +20,16 @@ def tiny_config(name: str):
     return load_config(tiny_config_path(name))
 
 
+def tiny_model_cfg(name: str, **overrides):
+    """The `model` section of the tiny config, resolved, with `overrides` ('img_encoder.depths': [...] style keys
+    or top-level keys) applied -> DictConfig for build_model."""
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.create(OmegaConf.to_container(tiny_config(name).model, resolve=True))
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
 def build_tiny(name: str, seed: int = 0):
     """The method's tiny model with seeded random weights (train mode, as built)."""
     from models import build_model

@@ -5,25 +5,19 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 
 from models import build_model
 from models.groupvit.grouping import gumbel_softmax, hard_softmax
 from models.layers import DistributedBatchNorm1d
 from models.pgseg.prototypes import (gather_matched, high_relevance_mask, hungarian_match, prototype_contrastive_loss)
+from conftest import tiny_model_cfg
 from utils.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_cfg(kind='GroupViT', multi_label=0, **img):
-    img_cfg = dict(type=kind, img_size=32, patch_size=8, embed_dim=32, depths=[1, 1, 1], num_heads=[2, 2, 2],
-                   num_group_tokens=[8, 4, 0], num_output_groups=[8, 4], drop_path_rate=0.1)
-    img_cfg.update(img)
-    return OmegaConf.create(dict(
-        type='MultiLabelContrastive', img_encoder=img_cfg,
-        text_encoder=dict(type='TextTransformer', context_length=12, width=32, layers=1, vocab_size=64),
-        output_dim=16, multi_label=multi_label))
+    return tiny_model_cfg(kind.lower(), multi_label=multi_label, **{f'img_encoder.{k}': v for k, v in img.items()})
 
 
 def tokens(shape):
