@@ -5,19 +5,18 @@ import os
 import torch
 from omegaconf import OmegaConf
 
+from conftest import tiny_config_path
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_MODEL = {'img_encoder': dict(img_size=64, patch_size=8, embed_dim=32, num_heads=[2, 2, 2], depths=[1, 1, 1],
-                                  num_group_tokens=[8, 4, 0], num_output_groups=[8, 4]),
-              'text_encoder': dict(width=64, layers=1), 'output_dim': 16}
 # random assignment logits are nearly flat, so every pixel falls into one final group; scaling the assignment
 # queries and keys makes the arg-max follow the image content, so outputs have several groups and labels
 ASSIGN_SHARPNESS = 30.0
 
 
 def tiny_config(folder):
-    """-> path of a full config (published GroupViT recipe, tiny model)."""
+    """-> path of a full config: the tiny GroupViT of tests/configs at the toy world's 64 px."""
     path = os.path.join(folder, 'tiny.yml')
-    body = {'_base_': os.path.join(ROOT, 'configs', 'group_vit_gcc_yfcc_30e.yml'), 'model': TINY_MODEL}
+    body = {'_base_': tiny_config_path('groupvit'), 'model': {'img_encoder': {'img_size': 64}}}
     OmegaConf.save(OmegaConf.create(body), path)
     return path
 

@@ -61,10 +61,10 @@ def test_predictions_follow_the_benchmark_arithmetic(world, toy_segmenter):
     from segmentation.evaluation import zero_shot_logits
     image = read_image(world['images'][1])
     vocab = free_vocabulary(['circle', 'square', 'star'], with_bg=True)
-    pred = toy_segmenter.predict(image, vocab, bg_thresh=0.3)
+    pred = toy_segmenter.predict(image, vocab, bg_thresh=0.1)
     text = toy_segmenter.text_embedding(vocab.prompts)
     with torch.no_grad():
-        logits = zero_shot_logits(toy_segmenter.model, toy_segmenter.to_tensor(image), text, True, 0.3)
+        logits = zero_shot_logits(toy_segmenter.model, toy_segmenter.to_tensor(image), text, True, 0.1)
     assert np.array_equal(pred.labels, logits[0].argmax(dim=0).numpy())
     assert len(np.unique(pred.labels)) > 1
 
