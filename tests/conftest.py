@@ -11,6 +11,13 @@ ROOT = Path(__file__).resolve().parents[1]
 METHOD_CONFIGS = {path.stem: path for path in sorted((ROOT / 'tests' / 'configs').glob('*.yml'))}
 
 
+def published_state_dict(name: str) -> dict:
+    """{'keys': {name: shape}, 'model_cfg', 'config'} of a published checkpoint, copied into tests/data from the
+    published code (official_state_dict_<name>.json; name: groupvit_gcc_yfcc_30e or pgseg_specific)."""
+    import json
+    return json.loads((ROOT / 'tests' / 'data' / f'official_state_dict_{name}.json').read_text())
+
+
 def tiny_config_path(name: str) -> str:
     return str(METHOD_CONFIGS[name])
 

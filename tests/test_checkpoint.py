@@ -267,13 +267,11 @@ def test_published_format_into_a_tiny_model(tmp_path):
 @pytest.mark.parametrize('cfg_name,ref_name', [('group_vit_gcc_yfcc_30e', 'official_state_dict_groupvit_gcc_yfcc_30e'),
                                                ('pgseg_specific', 'official_state_dict_pgseg_specific')])
 def test_published_key_layout_loads_strictly(tmp_path, cfg_name, ref_name):
-    import json
-
+    from conftest import published_state_dict
     from models import build_model
     from utils.config import load_config
     root = osp.dirname(osp.dirname(osp.abspath(__file__)))
-    with open(osp.join(osp.dirname(root), 'shared', 'reference', f'{ref_name}.json')) as f:
-        shapes = json.load(f)['keys']
+    shapes = published_state_dict(ref_name.replace('official_state_dict_', ''))['keys']
     torch.save({'model': {name: torch.zeros(shape) for name, shape in shapes.items()}}, tmp_path / 'published.pth')
     model = build_model(load_config(osp.join(root, 'configs', f'{cfg_name}.yml')).model)
     assert load_weights(model, tmp_path / 'published.pth') == ([], [])

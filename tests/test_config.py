@@ -1,5 +1,4 @@
 """Config loading: `_base_` merging, interpolation, strict key check, --opts and command-line overrides."""
-import json
 import os.path as osp
 from types import SimpleNamespace
 
@@ -7,11 +6,11 @@ import pytest
 from omegaconf import OmegaConf
 
 import utils.config as config_module
+from conftest import published_state_dict
 from utils.config import ConfigError, get_config, load_config, parse_opts
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = osp.join(ROOT, 'configs')
-REFERENCE = osp.join(osp.dirname(ROOT), 'shared', 'reference')
 PUBLISHED = ['default', 'group_vit_gcc_yfcc_30e', 'group_vit_gcc_redcap_30e', 'default_pgseg', 'pgseg_specific']
 
 
@@ -41,8 +40,7 @@ def test_published_configs_load_and_resolve(name):
     ('pgseg_specific', 'official_state_dict_pgseg_specific', 0),
 ])
 def test_model_sections_match_reference(cfg_name, ref_name, multi_label):
-    with open(osp.join(REFERENCE, f'{ref_name}.json')) as f:
-        expected = json.load(f)['model_cfg']
+    expected = published_state_dict(ref_name.replace('official_state_dict_', ''))['model_cfg']
     expected['multi_label'] = multi_label
     model = OmegaConf.to_container(load_config(osp.join(CONFIGS, f'{cfg_name}.yml')).model, resolve=True)
     assert model == expected

@@ -12,6 +12,7 @@ from datasets import tokenize
 from models import build_model
 from tools import export_hf
 from utils.checkpoint import load_checkpoint, save_checkpoint
+from conftest import published_state_dict
 from utils.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,7 +148,6 @@ def test_unexportable_model_and_bad_folder_give_one_line_errors(tmp_path):
     assert 'model.safetensors' in str(err.value)
 
 
-REFERENCE = os.path.join(os.path.dirname(ROOT), 'shared', 'reference')
 
 
 @pytest.mark.parametrize('name,cfg_file,dropped', [
@@ -156,11 +156,10 @@ REFERENCE = os.path.join(os.path.dirname(ROOT), 'shared', 'reference')
                                               'img_encoder.layers.1.downsample_spatial.', 'img_encoder.logit_scale',
                                               'img_encoder.mapping_text.', 'text_encoder.Atten.'])])
 def test_published_state_dicts_map_onto_groupvitmodel(name, cfg_file, dropped):
-    """Every weight of the published checkpoints (names and shapes from shared/reference) maps to a distinct
+    """Every weight of the published checkpoints (names and shapes from tests/data) maps to a distinct
     GroupViTModel weight of the same shape, or (PGSeg's extra modules) is kept aside."""
     from transformers import GroupViTModel
-    with open(os.path.join(REFERENCE, f'official_state_dict_{name}.json')) as f:
-        shapes = json.load(f)['keys']
+    shapes = published_state_dict(name)['keys']
     state = {k: torch.zeros(v, device='meta') for k, v in shapes.items()}
     hf_state, extra = export_hf.to_hf_state(state)
     assert all(any(k.startswith(prefix) for prefix in dropped) for k in extra)

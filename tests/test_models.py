@@ -1,5 +1,4 @@
 import itertools
-import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +9,7 @@ from models import build_model
 from models.groupvit.grouping import gumbel_softmax, hard_softmax
 from models.layers import DistributedBatchNorm1d
 from models.pgseg.prototypes import (gather_matched, high_relevance_mask, hungarian_match, prototype_contrastive_loss)
-from conftest import tiny_model_cfg
+from conftest import published_state_dict, tiny_model_cfg
 from utils.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,10 +141,10 @@ def test_full_size_models_have_the_published_names_and_shapes(cfg_file, ref_file
     model = build_model(load_config(str(ROOT / cfg_file)).model)
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     if ref_file is None:  # RedCaps: the YFCC names without the multi-label temperature
-        ref = json.loads((ROOT.parent / 'shared/reference/official_state_dict_groupvit_gcc_yfcc_30e.json').read_text())
+        ref = published_state_dict('groupvit_gcc_yfcc_30e')
         keys = {k: v for k, v in ref['keys'].items() if k != 'multi_label_logit_scale'}
     else:
-        keys = json.loads((ROOT.parent / 'shared/reference' / ref_file).read_text())['keys']
+        keys = published_state_dict(ref_file.replace('official_state_dict_', '').replace('.json', ''))['keys']
     assert set(ours) == set(keys)
     assert all(ours[k] == list(keys[k]) for k in keys)
 
