@@ -119,9 +119,36 @@ def test_lr_scaling_by_global_batch():
     assert half.global_batch == 2048 and half.base_lr == pytest.approx(5e-4) and half.min_lr == pytest.approx(5e-5)
     train.accumulation_steps = 2
     assert scale_lr(train, 256, 8).global_batch == 4096 and scale_lr(train, 256, 8).factor == pytest.approx(1.0)
-    train.lr_scaling_batch = None  # PGSeg: learning rates used as written
+    train.lr_scaling_batch = None  # PGSeg: no batch scaling
     unscaled = scale_lr(train, 1024, 4)
-    assert unscaled.factor == 1.0 and unscaled.base_lr == 1e-3 and 'effective global batch 8192' in unscaled.describe()
+    assert unscaled.factor == 2.0 and unscaled.base_lr == 2e-3 and 'effective global batch 8192' in unscaled.describe()
+
+
+@pytest.mark.parametrize('accumulation_steps', [0, 1, 2, 4])
+def test_published_learning_rates_under_accumulation(accumulation_steps):
+    """main_group_vit.py / main_pg_seg.py: lr (x batch x GPUs / 4096 for GroupViT only), then x accumulation_steps
+    when it is above 1; the schedule starts at the warm-up rate and ends at the minimum rate."""
+    by_accumulation = accumulation_steps if accumulation_steps > 1 else 1
+    pgseg = load_config(str(ROOT / 'configs' / 'pgseg_specific.yml')).train
+    pgseg.accumulation_steps = accumulation_steps
+    lrs = scale_lr(pgseg, 1024, 8)
+    assert (lrs.base_lr, lrs.warmup_lr, lrs.min_lr) == (1e-4 * by_accumulation, 1e-6 * by_accumulation,
+                                                         1e-5 * by_accumulation)
+    assert lrs.global_batch == 1024 * 8 * max(accumulation_steps, 1)
+    groupvit = load_config(str(ROOT / 'configs' / 'group_vit_gcc_yfcc_30e.yml')).train
+    groupvit.accumulation_steps = accumulation_steps
+    lrs = scale_lr(groupvit, 256, 8)
+    assert lrs.base_lr == 1.6e-3 * 256 * 8 / 4096.0 * by_accumulation
+    assert lrs.min_lr == 4e-5 * 256 * 8 / 4096.0 * by_accumulation
+    pgseg.epochs, pgseg.warmup_epochs = 2, 1
+    lrs = scale_lr(pgseg, 1024, 8)
+    optimizer = torch.optim.AdamW([nn.Parameter(torch.zeros(2))])
+    scheduler = build_scheduler(pgseg, optimizer, lrs, updates_per_epoch=5)
+    assert optimizer.param_groups[0]['lr'] == 1e-6 * by_accumulation
+    scheduler.step_update(10)
+    assert optimizer.param_groups[0]['lr'] == pytest.approx(1e-5 * by_accumulation)
+    pgseg.lr_scale_by_accumulation = False
+    assert scale_lr(pgseg, 1024, 8).base_lr == 1e-4
 
 
 def test_cosine_schedule_with_linear_warmup_per_step():
