@@ -1,8 +1,9 @@
 """webdataset pipelines over tar shards: image-caption pairs for training, image-class pairs for zero-shot eval.
 
 Training mixes every dataset named in ``data.dataset.train`` into one infinite stream: each (rank, worker) draws
-shards with replacement from its own seeded generator, reads them, shuffles samples in a buffer and yields full
-batches. An epoch is ``sum(length) // (batch_size * world_size)`` batches.
+shards with replacement from its own seeded generator (``data.shard_sampling: split``: reads its own fixed slice of
+the shards, as the published code does), reads them, shuffles samples in a buffer and yields full batches. An epoch
+is ``sum(length) // (batch_size * world_size)`` batches.
 
 Validation reads every shard once. Work is split over ranks and loader workers by shard when there are enough
 shards, by sample index otherwise, so that every sample is counted exactly once over all ranks and workers.
@@ -13,6 +14,7 @@ with the batch it would have belonged to (``batch['bad']``), so the main process
 """
 import functools
 import io
+import itertools
 import os.path as osp
 import random
 import tarfile
@@ -24,13 +26,14 @@ import numpy as np
 import torch
 import webdataset as wds
 from braceexpand import braceexpand
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 IMAGE_EXTS = ('jpg', 'png', 'jpeg', 'webp')
 TEXT_EXTS = ('txt', 'text')
 MIN_IMAGE_SIDE = 2
 MAX_CONSECUTIVE_BAD = 10000
+SHARD_SAMPLING = ('resampled', 'split')
 CONVERTIBLE_MODES = ('L', 'LA', 'P', 'PA', 'CMYK', 'RGBA', 'RGBX', 'YCbCr', '1', 'La', 'RGBa')
 
 
@@ -231,7 +234,9 @@ class TrainStream(torch.utils.data.IterableDataset):
     """Infinite, shuffled stream of batches {'image': [B,3,H,W], 'text': [B,77] or [B,1+k,77], 'bad': counts}."""
 
     def __init__(self, owner: Dict[str, str], batch_size: int, img_transform: Callable, text_transform: Callable,
-                 shuffle_buffer: int, seed: int, rank: int):
+                 shuffle_buffer: int, seed: int, rank: int, world: int = 1, shard_sampling: str = 'resampled'):
+        if shard_sampling not in SHARD_SAMPLING:
+            raise ShardConfigError(f'data.shard_sampling must be one of {SHARD_SAMPLING}, got {shard_sampling!r}')
         self.owner = owner
         self.batch_size = batch_size
         self.img_transform = img_transform
@@ -239,23 +244,47 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.rank = rank
+        self.world = world
+        self.shard_sampling = shard_sampling
 
     def worker_seed(self) -> int:
         worker, workers = worker_part()
         return self.seed + self.rank * workers + worker
 
+    def shard_urls(self) -> Iterator[str]:
+        """The shards this (rank, loader worker) reads, forever.
+
+        ``resampled``: drawn with replacement from every shard, seeded per rank and worker.
+        ``split`` (the published webdataset 0.1.103 reading): the slice ``[rank::world][worker::workers]`` of the
+        shard list in config order, read whole on each pass in the order ``random.Random(pass + 17)`` shuffles it.
+        """
+        if self.shard_sampling == 'resampled':
+            for shard in wds.ResampledShards(sorted(self.owner), seed=self.seed, worker_seed=self.worker_seed,
+                                             deterministic=True):
+                yield shard['url']
+            return
+        worker, workers = worker_part()
+        mine = list(self.owner)[self.rank::self.world][worker::workers]
+        if not mine:
+            raise ShardConfigError(f'data.shard_sampling: split leaves rank {self.rank} worker {worker} without a '
+                                   f'shard ({len(self.owner)} shards for {self.world} processes x {workers} loader '
+                                   'workers); use fewer workers or shard_sampling: resampled')
+        for n in itertools.count():
+            order = list(mine)
+            random.Random(n + 17).shuffle(order)
+            yield from order
+
     def samples(self, counter: BadCounter) -> Iterator[dict]:
-        urls = sorted(self.owner)
         empty_in_a_row = 0
-        for shard in wds.ResampledShards(urls, seed=self.seed, worker_seed=self.worker_seed, deterministic=True):
+        for url in self.shard_urls():
             n = 0
-            for sample in iter_tar(shard['url'], self.owner[shard['url']], counter):
+            for sample in iter_tar(url, self.owner[url], counter):
                 n += 1
                 yield sample
             empty_in_a_row = 0 if n else empty_in_a_row + 1
-            if empty_in_a_row > 10 * len(urls) + 10:
-                raise ShardConfigError(f'no readable sample in any training shard ({len(urls)} shards, '
-                                       f'e.g. {urls[0]}); bad data so far: {format_counts(counter.counts)}')
+            if empty_in_a_row > 10 * len(self.owner) + 10:
+                raise ShardConfigError(f'no readable sample in any training shard ({len(self.owner)} shards, '
+                                       f'e.g. {url}); bad data so far: {format_counts(counter.counts)}')
 
     def decoded(self, samples: Iterator[dict], counter: BadCounter) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         bad_in_a_row = 0
@@ -373,7 +402,8 @@ def build_train_data(data_cfg: DictConfig, img_transform: Callable, text_transfo
                      world: int, seed: int) -> TrainData:
     owner, length, report = collect_shards(data_cfg, 'train')
     stream = TrainStream(owner, int(data_cfg.batch_size), img_transform, text_transform,
-                         int(data_cfg.shuffle_buffer), seed, rank)
+                         int(data_cfg.shuffle_buffer), seed, rank, world,
+                         str(OmegaConf.select(data_cfg, 'shard_sampling', default='resampled')))
     steps = max(1, length // (int(data_cfg.batch_size) * world))
     return TrainData(make_loader(stream, data_cfg, seed, rank), steps, length, report)
 

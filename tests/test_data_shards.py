@@ -2,6 +2,7 @@
 import io
 import itertools
 import os
+import random
 import tarfile
 
 import numpy as np
@@ -209,3 +210,38 @@ def test_shuffle_buffer_starts_early_and_keeps_every_sample():
     rest = list(stream)
     assert sorted([first] + rest) == list(range(500))
     assert [first] + rest != list(range(500))
+
+
+def test_split_shard_sampling_reads_the_published_slices(tmp_path, monkeypatch):
+    """webdataset 0.1.103 as the published code used it: the shard list in config order, sliced [rank::world]
+    then [worker::workers], each slice read whole per pass in the order random.Random(pass + 17) gives."""
+    owner, shard_of_sample = {}, {}
+    for dataset, first in (('gcc12m', 0), ('gcc3m', 100)):  # config order, not sorted
+        for i in range(6):
+            path = str(tmp_path / f'{dataset}-{i}.tar')
+            numbers = [first + 10 * i + j for j in range(3)]
+            write_tar(path, [good_pair(n) for n in numbers])
+            owner[path] = dataset
+            shard_of_sample.update({n: path for n in numbers})
+    shard_list = list(owner)
+    key = lambda t: torch.tensor(int(t.split()[-1]))
+    seen = []
+    for rank, worker in itertools.product(range(2), range(2)):
+        monkeypatch.setattr('datasets.shards.worker_part', lambda w=worker: (w, 2))
+        stream = TrainStream(owner, 3, lambda img: torch.zeros(1), key, 1, 0, rank, world=2, shard_sampling='split')
+        mine = shard_list[rank::2][worker::2]
+        passes = list(itertools.islice(stream.shard_urls(), 3 * len(mine)))
+        for n in range(3):
+            expected = list(mine)
+            random.Random(n + 17).shuffle(expected)
+            assert passes[n * len(mine):(n + 1) * len(mine)] == expected
+        seen += mine
+        read = {shard_of_sample[n] for b in itertools.islice(iter(stream), 4) for n in b['text'].tolist()}
+        assert read == set(mine)
+    assert sorted(seen) == sorted(shard_list)
+    monkeypatch.setattr('datasets.shards.worker_part', lambda: (3, 4))
+    crowded = TrainStream(owner, 3, lambda img: torch.zeros(1), key, 1, 0, 5, world=6, shard_sampling='split')
+    with pytest.raises(ShardConfigError, match='split leaves rank 5 worker 3 without a shard'):
+        next(crowded.shard_urls())
+    with pytest.raises(ShardConfigError, match='data.shard_sampling must be one of'):
+        TrainStream(owner, 3, lambda img: img, key, 1, 0, 0, shard_sampling='sorted')

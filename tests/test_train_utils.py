@@ -1,8 +1,10 @@
 """utils/optim, scheduler, precision, engine (non-finite handling, zero-shot accuracy), logging/plots, resume."""
 import io
+import json
 import math
 import os
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from PIL import Image
 from datasets.shards import ValStream
 from models import build_model
 from utils.checkpoint import save_checkpoint
+from utils.config import load_config
 from utils.engine import NonFiniteLossError, Trainer, TrainState, evaluate_cls, train_one_epoch
 from utils.logging import MetricWriter
 from utils.optim import build_optimizer, param_groups
@@ -21,6 +24,8 @@ from utils.plots import plot_loss_curves
 from utils.precision import Precision
 from utils.resume import epoch_checkpoint_path, newest_loadable, prune
 from utils.scheduler import build_scheduler, scale_lr
+
+ROOT = Path(__file__).resolve().parents[1]
 
 TRAIN = {'base_lr': 1e-3, 'warmup_lr': 1e-5, 'min_lr': 1e-4, 'weight_decay': 0.05, 'lr_scaling_batch': 4096,
          'accumulation_steps': 0, 'epochs': 4, 'warmup_epochs': 1, 'clip_grad': 5.0,
@@ -37,19 +42,73 @@ def tiny_model():
     return build_model(OmegaConf.create(cfg))
 
 
-def test_weight_decay_groups():
+PUBLISHED_RECIPES = [
+    ('group_vit_gcc_yfcc_30e.yml', 'official_state_dict_groupvit_gcc_yfcc_30e.json', set()),
+    ('group_vit_gcc_redcap_30e.yml', 'official_state_dict_groupvit_gcc_yfcc_30e.json', {'multi_label_logit_scale'}),
+    ('pgseg_specific.yml', 'official_state_dict_pgseg_specific.json', set()),
+]
+
+
+def groups_by_name(model, optimizer):
+    """{parameter name: weight decay of the optimizer group holding it}; fails if a parameter is in two groups."""
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    decay_of = {}
+    for group in optimizer.param_groups:
+        for p in group['params']:
+            assert name_of[id(p)] not in decay_of, name_of[id(p)]
+            decay_of[name_of[id(p)]] = group['weight_decay']
+    return decay_of
+
+
+@pytest.mark.parametrize('cfg_file,ref_file,absent', PUBLISHED_RECIPES)
+def test_published_weight_decay_split_on_the_full_size_models(cfg_file, ref_file, absent):
+    """The published set_weight_decay(model, {}, {}): no decay exactly for len(shape) == 1 or a name ending in
+    '.bias'. The shapes come from the published state dicts (shared/reference), not from this project's model."""
+    cfg = load_config(str(ROOT / 'configs' / cfg_file))
+    model = build_model(cfg.model)
+    published = json.loads((ROOT.parent / 'shared' / 'reference' / ref_file).read_text())['keys']
+    published = {name: shape for name, shape in published.items() if name not in absent}
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert set(trainable) <= set(published)
+    expected = {name: 0.0 if len(published[name]) == 1 or name.endswith('.bias') else cfg.train.weight_decay
+                for name in trainable}
+    optimizer = build_optimizer(cfg.train, model, lr=1e-3)
+    assert groups_by_name(model, optimizer) == expected
+    decayed = {name for name, wd in expected.items() if wd > 0}
+    scalars = {'logit_scale', 'multi_label_logit_scale', 'img_encoder.logit_scale'} & set(trainable)
+    assert scalars and scalars <= decayed
+    assert {'img_encoder.pos_embed', 'img_encoder.layers.0.group_token', 'img_encoder.layers.1.group_token',
+            'text_encoder.positional_embedding'} <= decayed
+    assert {'img_encoder.norm.weight', 'img_encoder.layers.0.blocks.0.attn.qkv.bias'} <= set(expected) - decayed
+
+
+def test_opt_in_weight_decay_exemptions_and_frozen_parameters():
     model = tiny_model()
+    model.img_encoder.patch_embed.proj.weight.requires_grad = False
+    published = groups_by_name(model, build_optimizer(OmegaConf.create(TRAIN), model, lr=0.5))
+    assert 'img_encoder.patch_embed.proj.weight' not in published
+    assert published['logit_scale'] == published['img_encoder.pos_embed'] == 0.05
+    assert published['img_encoder.layers.0.group_token'] == 0.05 and published['img_encoder.norm.weight'] == 0.0
+    widened = OmegaConf.create(TRAIN)
+    widened.optimizer.no_decay_keywords = ['pos_embed', 'group_token']
+    keywords = groups_by_name(model, build_optimizer(widened, model, lr=0.5))
+    assert keywords['img_encoder.pos_embed'] == keywords['img_encoder.layers.0.group_token'] == 0.0
+    assert keywords['logit_scale'] == 0.05
+    widened.optimizer.no_decay_scalars = True
+    both = groups_by_name(model, build_optimizer(widened, model, lr=0.5))
+    assert both['logit_scale'] == 0.0
+    changed = {name for name in published if published[name] != both[name]}
+    assert changed == {'logit_scale', 'img_encoder.pos_embed', 'img_encoder.layers.0.group_token'}
     decay, no_decay = param_groups(model, 0.05)
     assert decay['weight_decay'] == 0.05 and no_decay['weight_decay'] == 0.0
-    for name in no_decay['names']:
-        p = dict(model.named_parameters())[name]
-        assert p.ndim <= 1 or any(k in name for k in ('pos_embed', 'group_token', 'logit_scale', 'bias')), name
-    assert {'logit_scale', 'img_encoder.pos_embed', 'img_encoder.layers.0.group_token'} <= set(no_decay['names'])
-    assert any(n.endswith('norm.weight') for n in no_decay['names'])
-    assert 'img_encoder.layers.0.blocks.0.mlp.fc1.weight' in decay['names']
-    assert len(decay['names']) + len(no_decay['names']) == sum(1 for _ in model.parameters())
-    opt = build_optimizer(OmegaConf.create(TRAIN), model, lr=0.5)
-    assert [g['weight_decay'] for g in opt.param_groups] == [0.05, 0.0] and opt.param_groups[0]['lr'] == 0.5
+    assert {n for n, wd in published.items() if wd > 0} == set(decay['names'])
+
+
+def test_toy_recipes_opt_into_the_exemptions_they_were_measured_with():
+    for name in ('groupvit_tiny', 'pgseg_tiny', 'quickstart'):
+        optimizer_cfg = load_config(str(ROOT / 'configs' / 'toy' / f'{name}.yml')).train.optimizer
+        assert list(optimizer_cfg.no_decay_keywords) == ['pos_embed', 'group_token', 'logit_scale']
+        assert optimizer_cfg.no_decay_scalars is True
 
 
 def test_lr_scaling_by_global_batch():
@@ -60,9 +119,36 @@ def test_lr_scaling_by_global_batch():
     assert half.global_batch == 2048 and half.base_lr == pytest.approx(5e-4) and half.min_lr == pytest.approx(5e-5)
     train.accumulation_steps = 2
     assert scale_lr(train, 256, 8).global_batch == 4096 and scale_lr(train, 256, 8).factor == pytest.approx(1.0)
-    train.lr_scaling_batch = None  # PGSeg: learning rates used as written
+    train.lr_scaling_batch = None  # PGSeg: no batch scaling
     unscaled = scale_lr(train, 1024, 4)
-    assert unscaled.factor == 1.0 and unscaled.base_lr == 1e-3 and 'effective global batch 8192' in unscaled.describe()
+    assert unscaled.factor == 2.0 and unscaled.base_lr == 2e-3 and 'effective global batch 8192' in unscaled.describe()
+
+
+@pytest.mark.parametrize('accumulation_steps', [0, 1, 2, 4])
+def test_published_learning_rates_under_accumulation(accumulation_steps):
+    """main_group_vit.py / main_pg_seg.py: lr (x batch x GPUs / 4096 for GroupViT only), then x accumulation_steps
+    when it is above 1; the schedule starts at the warm-up rate and ends at the minimum rate."""
+    by_accumulation = accumulation_steps if accumulation_steps > 1 else 1
+    pgseg = load_config(str(ROOT / 'configs' / 'pgseg_specific.yml')).train
+    pgseg.accumulation_steps = accumulation_steps
+    lrs = scale_lr(pgseg, 1024, 8)
+    assert (lrs.base_lr, lrs.warmup_lr, lrs.min_lr) == (1e-4 * by_accumulation, 1e-6 * by_accumulation,
+                                                         1e-5 * by_accumulation)
+    assert lrs.global_batch == 1024 * 8 * max(accumulation_steps, 1)
+    groupvit = load_config(str(ROOT / 'configs' / 'group_vit_gcc_yfcc_30e.yml')).train
+    groupvit.accumulation_steps = accumulation_steps
+    lrs = scale_lr(groupvit, 256, 8)
+    assert lrs.base_lr == 1.6e-3 * 256 * 8 / 4096.0 * by_accumulation
+    assert lrs.min_lr == 4e-5 * 256 * 8 / 4096.0 * by_accumulation
+    pgseg.epochs, pgseg.warmup_epochs = 2, 1
+    lrs = scale_lr(pgseg, 1024, 8)
+    optimizer = torch.optim.AdamW([nn.Parameter(torch.zeros(2))])
+    scheduler = build_scheduler(pgseg, optimizer, lrs, updates_per_epoch=5)
+    assert optimizer.param_groups[0]['lr'] == 1e-6 * by_accumulation
+    scheduler.step_update(10)
+    assert optimizer.param_groups[0]['lr'] == pytest.approx(1e-5 * by_accumulation)
+    pgseg.lr_scale_by_accumulation = False
+    assert scale_lr(pgseg, 1024, 8).base_lr == 1e-4
 
 
 def test_cosine_schedule_with_linear_warmup_per_step():

@@ -1,40 +1,47 @@
-"""AdamW with parameter groups: no weight decay on norms, biases, position embeddings, group tokens, logit scales.
+"""AdamW with two parameter groups: weight decay, and no weight decay.
 
-The published code exempts 1-D parameters and biases only (so its position embeddings, group tokens and the 0-d
-logit scales were decayed); here the exemption list is ``train.optimizer.no_decay_keywords`` (names containing one
-of the keywords), on top of every parameter with fewer than 2 dimensions and every ``.bias``.
+By default the split is the published one (GroupViT's and PGSeg's ``set_weight_decay(model, {}, {})``): a trainable
+parameter is exempt exactly when it is 1-D or its name ends in ``.bias``. Position embeddings, group tokens and the
+0-d logit scales are therefore decayed. Two opt-in switches widen the exemption:
+
+- ``train.optimizer.no_decay_keywords``: names containing one of these strings are exempt too (empty by default);
+- ``train.optimizer.no_decay_scalars``: 0-d parameters (the logit scales) are exempt too (false by default).
+
+Frozen parameters (``requires_grad`` false) belong to no group.
 """
 from typing import Dict, List, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-NO_DECAY_KEYWORDS = ('pos_embed', 'group_token', 'logit_scale')
+
+def skips_decay(name: str, param: torch.Tensor, keywords: Sequence[str] = (), scalars: bool = False) -> bool:
+    """True when the parameter gets no weight decay."""
+    return (param.ndim == 1 or name.endswith('.bias') or (scalars and param.ndim == 0)
+            or any(k in name for k in keywords))
 
 
-def skips_decay(name: str, param: torch.Tensor, keywords: Sequence[str] = NO_DECAY_KEYWORDS) -> bool:
-    return param.ndim <= 1 or name.endswith('.bias') or any(k in name for k in keywords)
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float,
-                 keywords: Sequence[str] = NO_DECAY_KEYWORDS) -> List[Dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float, keywords: Sequence[str] = (),
+                 scalars: bool = False) -> List[Dict]:
     """[{'params': decayed, 'weight_decay': wd, 'names': [...]}, {'params': exempt, 'weight_decay': 0, ...}]"""
     decay, no_decay = {'params': [], 'names': []}, {'params': [], 'names': []}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        group = no_decay if skips_decay(name, param, keywords) else decay
+        group = no_decay if skips_decay(name, param, keywords, scalars) else decay
         group['params'].append(param)
         group['names'].append(name)
     return [{**decay, 'weight_decay': weight_decay}, {**no_decay, 'weight_decay': 0.0}]
 
 
 def build_optimizer(train_cfg: DictConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    """AdamW over ``param_groups``; each group keeps the parameter names under 'names'."""
     name = train_cfg.optimizer.name
     if name != 'adamw':
         raise ValueError(f"train.optimizer.name: only 'adamw' is supported, got {name!r}")
-    keywords = OmegaConf.select(train_cfg, 'optimizer.no_decay_keywords', default=NO_DECAY_KEYWORDS)
-    groups = param_groups(model, float(train_cfg.weight_decay), tuple(keywords))
+    keywords = OmegaConf.select(train_cfg, 'optimizer.no_decay_keywords', default=None) or ()
+    scalars = bool(OmegaConf.select(train_cfg, 'optimizer.no_decay_scalars', default=False))
+    groups = param_groups(model, float(train_cfg.weight_decay), tuple(keywords), scalars)
     # fused: one kernel over all parameters instead of ~10 per tensor (CPU and CUDA; measured in benchmarks/NOTES.md)
     return torch.optim.AdamW([g for g in groups if g['params']], lr=lr, eps=float(train_cfg.optimizer.eps),
                              betas=tuple(train_cfg.optimizer.betas), fused=True)

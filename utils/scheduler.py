@@ -2,7 +2,7 @@
 from dataclasses import dataclass
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from timm.scheduler.cosine_lr import CosineLRScheduler
 
 
@@ -26,15 +26,21 @@ def accumulation(train_cfg: DictConfig) -> int:
 
 
 def scale_lr(train_cfg: DictConfig, batch_size: int, world_size: int) -> ScaledLR:
-    """lr x (batch_size * world_size * accumulation / train.lr_scaling_batch); no scaling when that key is null.
+    """base_lr, warmup_lr and min_lr x (batch_size * world_size / train.lr_scaling_batch) x accumulation.
 
-    GroupViT scales by the global batch over 4096; PGSeg uses its learning rates as written.
+    As in the published GroupViT and PGSeg code: the batch factor applies when ``lr_scaling_batch`` is set (GroupViT:
+    4096; PGSeg: null, no batch scaling), the accumulation factor when ``train.lr_scale_by_accumulation`` is true.
     """
-    global_batch = batch_size * world_size * accumulation(train_cfg)
+    accum = accumulation(train_cfg)
     reference = train_cfg.lr_scaling_batch
-    factor = global_batch / float(reference) if reference else 1.0
-    return ScaledLR(global_batch, factor, float(train_cfg.base_lr) * factor, float(train_cfg.warmup_lr) * factor,
-                    float(train_cfg.min_lr) * factor)
+    by_accumulation = accum if OmegaConf.select(train_cfg, 'lr_scale_by_accumulation', default=True) else 1
+
+    def scaled(rate) -> float:  # the published order of operations, so that rates match to the last bit
+        rate = float(rate) * batch_size * world_size / float(reference) if reference else float(rate)
+        return rate * by_accumulation
+    factor = (batch_size * world_size / float(reference) if reference else 1.0) * by_accumulation
+    return ScaledLR(batch_size * world_size * accum, factor, scaled(train_cfg.base_lr), scaled(train_cfg.warmup_lr),
+                    scaled(train_cfg.min_lr))
 
 
 def build_scheduler(train_cfg: DictConfig, optimizer: torch.optim.Optimizer, lrs: ScaledLR,
