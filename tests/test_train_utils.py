@@ -1,6 +1,5 @@
 """utils/optim, scheduler, precision, engine (non-finite handling, zero-shot accuracy), logging/plots, resume."""
 import io
-import json
 import math
 import os
 import tarfile
@@ -13,8 +12,9 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 from PIL import Image
 
+from conftest import published_state_dict
 from datasets.shards import ValStream
-from models import build_model
+from models import SegmentationMethod, build_model
 from utils.checkpoint import save_checkpoint
 from utils.config import load_config
 from utils.engine import NonFiniteLossError, Trainer, TrainState, evaluate_cls, train_one_epoch
@@ -63,10 +63,10 @@ def groups_by_name(model, optimizer):
 @pytest.mark.parametrize('cfg_file,ref_file,absent', PUBLISHED_RECIPES)
 def test_published_weight_decay_split_on_the_full_size_models(cfg_file, ref_file, absent):
     """The published set_weight_decay(model, {}, {}): no decay exactly for len(shape) == 1 or a name ending in
-    '.bias'. The shapes come from the published state dicts (shared/reference), not from this project's model."""
+    '.bias'. The shapes come from the published state dicts (tests/data), not from this project's model."""
     cfg = load_config(str(ROOT / 'configs' / cfg_file))
     model = build_model(cfg.model)
-    published = json.loads((ROOT.parent / 'shared' / 'reference' / ref_file).read_text())['keys']
+    published = published_state_dict(ref_file.replace('official_state_dict_', '').replace('.json', ''))['keys']
     published = {name: shape for name, shape in published.items() if name not in absent}
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert set(trainable) <= set(published)
@@ -180,7 +180,7 @@ def test_precision_levels():
         Precision('O3', 'cpu')
 
 
-class Scripted(nn.Module):
+class Scripted(SegmentationMethod):
     """loss = w^2 * scale, where scale comes from the batch's text (NaN/inf to inject non-finite losses);
     a buffer accumulates the scales during the forward, like PGSeg's prototype momentum buffers."""
 
@@ -188,8 +188,16 @@ class Scripted(nn.Module):
         super().__init__()
         self.w = nn.Parameter(torch.ones(1))
         self.register_buffer('seen', torch.zeros(1))
+        self.hook_calls = []
 
-    def forward(self, image, text):
+    def begin_step(self, step):
+        self.hook_calls.append(('begin', step))
+
+    def end_step(self, step):
+        self.hook_calls.append(('end', step))
+
+    def forward_train(self, image, text):
+        self.hook_calls.append(('forward', None))
         self.seen += text[0]
         return {'loss': (self.w ** 2).sum() * text[0]}
 
@@ -231,6 +239,15 @@ def test_consecutive_nonfinite_losses_stop_with_a_saved_checkpoint(caplog):
     assert saved == ['ckpt'] and trainer.state.step == 4
     assert 'non-finite loss at step 2' in caplog.text and 'non-finite loss at step 4' in caplog.text
     assert math.isfinite(trainer.model.w.item())
+
+
+def test_step_hooks_wrap_each_optimizer_step():
+    trainer, _ = scripted_trainer([1.0, 1.0, float('nan'), 1.0, 1.0], accumulation=2)
+    train_one_epoch(trainer, 0)
+    # steps of 2, 2 and 1 micro-batches; the second had a NaN loss, so no update and no end_step
+    assert trainer.model.hook_calls == [('begin', 0), ('forward', None), ('forward', None), ('end', 0),
+                                        ('begin', 1), ('forward', None), ('forward', None),
+                                        ('begin', 2), ('forward', None), ('end', 2)]
 
 
 def test_accumulation_steps_once_per_window():
