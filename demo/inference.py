@@ -87,7 +87,8 @@ def preset_vocabulary(bench) -> Vocabulary:
 def _toy_classes(bench):
     path = osp.normpath(osp.join(bench.data_root, bench.dataset.get('classes_file', '../classes.json')))
     if osp.isfile(path):
-        return read_toy_classes(path)
+        classes, _palette = read_toy_classes(path)
+        return classes
     from tools.toy_world import CLASSES
     return ('background', *CLASSES)
 

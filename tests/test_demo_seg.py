@@ -211,3 +211,12 @@ def test_preset_vocabularies_come_from_the_segmentation_datasets():
         warnings.simplefilter('error')
         with pytest.raises(DemoError, match='cannot read image'):
             read_image(__file__)
+
+
+def test_toy_preset_vocabulary_reads_the_worlds_class_list(world):
+    """The toy preset names its classes from <world>/classes.json (a (classes, palette) file): names only."""
+    from segmentation.evaluation import load_benchmark
+    from demo.inference import preset_path
+    bench = load_benchmark(preset_path('toy'), [f"data_root={world['dir'] / 'toy' / 'voc'}"])
+    vocab = preset_vocabulary(bench)
+    assert vocab.names == ['background', *TOY] and vocab.with_bg and vocab.prompts == TOY
