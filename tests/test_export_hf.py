@@ -12,19 +12,17 @@ from datasets import tokenize
 from models import build_model
 from tools import export_hf
 from utils.checkpoint import load_checkpoint, save_checkpoint
-from conftest import published_state_dict
+from conftest import published_state_dict, tiny_config_path
 from utils.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE = {'GroupViT': 'group_vit_gcc_yfcc_30e.yml', 'PGSeg': 'pgseg_specific.yml'}
 
 
 def tiny_config(tmp_path, kind='GroupViT', **img):
-    """A full config (published base, tiny model) written to a file; the CLIP vocabulary so that tokenizers fit."""
-    img_cfg = dict(type=kind, img_size=32, patch_size=8, embed_dim=32, depths=[1, 1, 1], num_heads=[2, 2, 2],
-                   num_group_tokens=[8, 4, 0], num_output_groups=[8, 4], **img)
-    body = {'_base_': os.path.join(ROOT, 'configs', BASE[kind]),
-            'model': {'img_encoder': img_cfg, 'text_encoder': {'width': 64, 'layers': 1}, 'output_dim': 16}}
+    """The tiny config of tests/configs (published base, CLIP vocabulary) with `img` overrides and the published
+    77-token context (transformers' tokenizer pads to it), written to a file."""
+    body = {'_base_': tiny_config_path(kind.lower()), 'data': {'text_aug': {'max_seq_len': 77}},
+            'model': {'img_encoder': img}}
     path = tmp_path / f'tiny_{kind}.yml'
     OmegaConf.save(OmegaConf.create(body), path)
     return load_config(str(path)), str(path)

@@ -12,6 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 import main_seg
+from conftest import tiny_config_path
 import segmentation  # noqa: F401
 from models import build_model
 from segmentation.evaluation import evaluate_seg
@@ -21,17 +22,13 @@ from utils.config import load_config
 ROOT = Path(__file__).resolve().parents[1]
 
 MODEL_YML = """\
-_base_: {default}
+_base_: {tiny}
 evaluate:
   seg:
     cfg: segmentation/configs/_base_/datasets/toy.py
     opts: ['data_root={data_root}', 'test_cfg.bg_thresh=0.3']
 model:
-  type: MultiLabelContrastive
-  img_encoder: {{type: GroupViT, img_size: 64, patch_size: 8, embed_dim: 32, depths: [1, 1, 1],
-                num_heads: [2, 2, 2], num_group_tokens: [8, 4, 0], num_output_groups: [8, 4]}}
-  text_encoder: {{type: TextTransformer, context_length: 77, width: 32, layers: 1, vocab_size: 49408}}
-  output_dim: 16
+  img_encoder: {{img_size: 64}}
 """
 
 
@@ -43,7 +40,7 @@ def run(tmp_path_factory):
                     '--train-samples', '2', '--samples-per-shard', '2', '--cls-samples', '2', '--seg-val', '5',
                     '--seg-tune', '1'], check=True, capture_output=True)
     cfg_path = tmp / 'tiny.yml'
-    cfg_path.write_text(MODEL_YML.format(default=ROOT / 'configs/default.yml', data_root=tmp / 'toy/voc'))
+    cfg_path.write_text(MODEL_YML.format(tiny=tiny_config_path('groupvit'), data_root=tmp / 'toy/voc'))
     torch.manual_seed(0)
     model = build_model(load_config(str(cfg_path)).model)
     with torch.no_grad():

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmseg.structures import SegDataSample
-from omegaconf import OmegaConf
 
 import segmentation  # noqa: F401
+from conftest import tiny_model_cfg
 from models import build_model
 from models.groupvit.reference import published_protocol_logits
 from segmentation.evaluation import ZeroShotSegmentor, class_text_embedding, zero_shot_logits
@@ -18,17 +18,11 @@ from segmentation.evaluation import ZeroShotSegmentor, class_text_embedding, zer
 BASE_CFG = 'segmentation/configs/_base_/zero_shot.py'
 
 
-def tiny_model(seed=1, vocab_size=64, context_length=12, kind='GroupViT'):
-    """A small random GroupViT / PGSeg whose image weights are widened so that several final groups own pixels."""
+def tiny_model(seed=1, kind='GroupViT'):
+    """The tiny GroupViT / PGSeg of tests/configs at 64 px, its image weights widened so that several final groups
+    own pixels."""
     torch.manual_seed(seed)
-    cfg = OmegaConf.create(dict(
-        type='MultiLabelContrastive',
-        img_encoder=dict(type=kind, img_size=64, patch_size=8, embed_dim=32, depths=[1, 1, 1],
-                         num_heads=[2, 2, 2], num_group_tokens=[8, 4, 0], num_output_groups=[8, 4]),
-        text_encoder=dict(type='TextTransformer', context_length=context_length, width=32, layers=1,
-                          vocab_size=vocab_size),
-        output_dim=16))
-    model = build_model(cfg).eval()
+    model = build_model(tiny_model_cfg(kind.lower(), **{'img_encoder.img_size': 64})).eval()
     with torch.no_grad():
         for weight in model.img_encoder.parameters():
             if weight.dim() >= 2:
@@ -210,7 +204,7 @@ def test_bfloat16_precision_runs_the_encoder_under_autocast(model, text):
 
 
 def test_class_text_embedding_chunks_and_templates():
-    model = tiny_model(vocab_size=49408, context_length=77)
+    model = tiny_model()
     from datasets import build_class_tokens, tokenize
     names = ['cat', 'dog', 'potted plant', 'tv', 'sky']
     one_chunk = class_text_embedding(model, names, 'custom')
@@ -218,7 +212,7 @@ def test_class_text_embedding_chunks_and_templates():
     templates = ['itap of a {}.', 'a bad photo of a {}.', 'a origami {}.', 'a photo of the large {}.',
                  'a {} in a video game.', 'art of the {}.', 'a photo of the small {}.', 'a photo of many {}.',
                  'a photo of {}s.']
-    expected = model.build_text_embedding(build_class_tokens(names, templates, tokenize, 77))
+    expected = model.build_text_embedding(build_class_tokens(names, templates, tokenize, model.context_length))
     torch.testing.assert_close(one_chunk, expected)
     torch.testing.assert_close(small_chunks, expected)
     # PGSeg's 'aeroplane ' prompt tokenizes like 'aeroplane'
