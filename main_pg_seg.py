@@ -18,11 +18,12 @@ from datasets.shards import ShardConfigError, collect_shards, describe_shards
 from models import build_model
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, get_config
-from utils.distributed import get_rank, get_world_size, is_main_process
+from utils.distributed import (barrier, close_distributed, get_rank, get_world_size, init_distributed, is_main_process,
+                               wrap_ddp)
 from utils.engine import NonFiniteLossError, Trainer, train_one_epoch
 from utils.evaluation import class_tokens, evaluate_epoch, run_cls_eval
 from utils.logging import MetricWriter, get_logger, setup_logger
-from utils.misc import barrier, close_distributed, init_distributed, seed_everything, wrap_ddp
+from utils.misc import seed_everything
 from utils.optim import build_optimizer
 from utils.plots import plot_loss_curves
 from utils.precision import Precision

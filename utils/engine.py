@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from datasets.shards import format_counts, merge_counts
 
-from .distributed import get_world_size, is_distributed
+from .distributed import gather_objects, get_world_size, is_distributed, true_on_every_rank
 from .logging import MetricWriter, get_logger
 from .misc import AverageMeter, meters_mean_over_ranks
 from .precision import Precision
@@ -54,19 +54,13 @@ class Trainer:
 
 def all_finite(value: torch.Tensor) -> bool:
     """True when the value is finite on every rank (the same answer everywhere, so ranks stay in step)."""
-    flag = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
-    if is_distributed():
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
+    return true_on_every_rank(bool(torch.isfinite(value.detach()).all()), value.device)
 
 
 def sum_counts_over_ranks(counts: Dict[str, dict]) -> Dict[str, dict]:
-    if not is_distributed():
-        return counts
-    gathered = [None] * get_world_size()
-    dist.all_gather_object(gathered, counts)
+    """Bad-data counts {dataset: {reason: n}} summed over ranks."""
     total = {}
-    for part in gathered:
+    for part in gather_objects(counts):
         merge_counts(total, part)
     return total
 
