@@ -21,7 +21,7 @@ from utils.config import ConfigError, get_config
 from utils.distributed import (barrier, close_distributed, get_rank, get_world_size, init_distributed, is_main_process,
                                wrap_ddp)
 from utils.engine import NonFiniteLossError, Trainer, train_one_epoch
-from utils.evaluation import class_tokens, evaluate_epoch, run_cls_eval
+from utils.evaluation import evaluate_epoch
 from utils.logging import MetricWriter, get_logger, setup_logger
 from utils.misc import seed_everything
 from utils.optim import build_optimizer
@@ -29,6 +29,7 @@ from utils.plots import plot_loss_curves
 from utils.precision import Precision
 from utils.resume import epoch_checkpoint_path, init_weights, newest_loadable, prune, resume_or_init, save_state
 from utils.scheduler import accumulation, build_scheduler, scale_lr
+from utils.zero_shot import class_prompts, run_cls_eval
 
 RUN_ERRORS = (ConfigError, ShardConfigError, CheckpointError, ClassListError, NonFiniteLossError)
 
@@ -83,10 +84,10 @@ def train(cfg, model, device, precision):
     train_model = wrap_ddp(model, device, find_unused)
     writer = MetricWriter(cfg.output, rank, bool(cfg.wandb), cfg.model_name,
                           OmegaConf.to_container(cfg, resolve=True))
-    val_loader = tokens = None
+    val_loader = prompts = None
     if 'cls' in cfg.evaluate.task:
         val_loader, _ = build_val_loader(cfg.data, build_img_transform(False, cfg.data.img_aug), rank, world)
-        tokens = class_tokens(cfg)
+        prompts = class_prompts(cfg)
 
     def save(path, epoch, **extra):
         if rank == 0:
@@ -111,7 +112,7 @@ def train(cfg, model, device, precision):
                 if rank == 0:
                     prune(cfg.output, int(cfg.checkpoint.max_kept))
             if epoch % cfg.evaluate.eval_freq == 0 or last:
-                evaluate_epoch(cfg, epoch, trainer, val_loader, tokens, save)
+                evaluate_epoch(cfg, epoch, trainer, val_loader, prompts, save)
     finally:
         if rank == 0:
             figure = plot_loss_curves(writer.history, osp.join(cfg.output, 'loss_curves.png'))
@@ -133,7 +134,7 @@ def evaluate_only(cfg, model, device, precision):
         logger.warning('--eval without --resume and no checkpoint in the output folder: evaluating random weights')
     rank, world = get_rank(), get_world_size()
     val_loader, _ = build_val_loader(cfg.data, build_img_transform(False, cfg.data.img_aug), rank, world)
-    results = run_cls_eval(cfg, model, device, precision, val_loader, class_tokens(cfg))
+    results = run_cls_eval(cfg, model, device, precision, val_loader, class_prompts(cfg))
     if is_main_process():
         with open(osp.join(cfg.output, 'zero_shot_cls.json'), 'w') as f:
             json.dump({'checkpoint': path, 'val': list(cfg.data.dataset.val), **results}, f, indent=1)

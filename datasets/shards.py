@@ -68,6 +68,15 @@ def merge_counts(total: Dict[str, Counter], new: Dict[str, Dict[str, int]]) -> D
     return total
 
 
+def sum_counts_over_ranks(counts: Dict[str, Dict[str, int]]) -> Dict[str, Counter]:
+    """Counts {dataset: {reason: n}} of every rank, summed (the same on every rank)."""
+    from utils.distributed import gather_objects
+    total = {}
+    for part in gather_objects(counts):
+        merge_counts(total, part)
+    return total
+
+
 def format_counts(total: Dict[str, Counter]) -> str:
     """'gcc3m: skipped 3 (undecodable_image 2, missing_caption 1), converted 1 (mode_CMYK 1)' or 'none'."""
     parts = []

@@ -16,9 +16,11 @@ import torch
 
 import segmentation  # noqa: F401  (makes mmcv.ops importable before mmseg)
 from segmentation.datasets import SegDataError, read_toy_classes
-from segmentation.evaluation import (ZeroShotSegmentor, class_text_embedding, final_group_maps,
-                                     group_class_affinity, load_benchmark, prompt_names)
+from datasets.templates import get_templates
+from segmentation.evaluation import (ZeroShotSegmentor, final_group_maps, group_class_affinity, load_benchmark,
+                                     prompt_names)
 from segmentation.evaluation.resize import resized_argmax
+from utils.zero_shot import class_embeddings
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PRESET_DIR = osp.join(ROOT, 'segmentation', 'configs', '_base_', 'datasets')
@@ -134,7 +136,8 @@ class Segmenter:
         """[N, C] class embeddings with the preset's templates (cached per class list)."""
         key = tuple(prompts)
         if key not in self._text_cache:
-            self._text_cache = {key: class_text_embedding(self.model, list(prompts), self.bench.test_cfg.template)}
+            templates = get_templates(self.bench.test_cfg.template)
+            self._text_cache = {key: class_embeddings(self.model, list(prompts), templates)}
         return self._text_cache[key]
 
     def resize(self, image: np.ndarray) -> np.ndarray:

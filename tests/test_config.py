@@ -1,6 +1,7 @@
 """Config loading: `_base_` merging, interpolation, strict key check, --opts and command-line overrides."""
 import json
 import os.path as osp
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -148,6 +149,21 @@ def test_get_config_opts_cli_and_output(monkeypatch):
         cfg.train.new_key = 1
     pgseg = get_config(args_for(osp.join(CONFIGS, 'pgseg_specific.yml'), output='runs'))
     assert pgseg.output == osp.join('runs', 'pgseg_specific_bs1024x2', 'default')
+
+
+def test_unknown_template_set_names_the_key_where_and_the_choices(tmp_path):
+    path = osp.join(CONFIGS, 'group_vit_gcc_yfcc_30e.yml')
+    choices = 'choose one of custom, full, identity, simple, subset'
+    with pytest.raises(ConfigError) as err:
+        get_config(args_for(path, opts=['evaluate.cls.template=fancy']))
+    assert str(err.value) == f"'evaluate.cls.template' in --opts: unknown template set 'fancy'; {choices}"
+    with pytest.raises(ConfigError, match=r"^'evaluate\.cls\.extra_templates' in --opts: unknown template set 'ful'"):
+        get_config(args_for(path, opts=['evaluate.cls.extra_templates=[full,ful]']))
+    bad = write(tmp_path / 'bad.yml', f'_base_: {path}\ndata:\n  text_aug:\n    template_set: plural\n')
+    with pytest.raises(ConfigError, match=rf"^'data\.text_aug\.template_set' in {re.escape(bad)}: unknown template set 'plural'"):
+        load_config(bad)
+    cfg = get_config(args_for(path, opts=['evaluate.cls.template=custom', 'evaluate.seg.template', 'custom']))
+    assert cfg.evaluate.cls.template == cfg.evaluate.seg.template == 'custom'
 
 
 def test_get_config_rejects_unknown_opts_key():

@@ -239,4 +239,8 @@ def test_bad_overrides(tmp_path):
     assert "unknown key 'test_cfg.bg_tresh'" in error_of(
         lambda: load_benchmark(str(PRESETS / 'toy.py'), ['test_cfg.bg_tresh=0.1']))
     assert 'not key=value' in error_of(lambda: load_benchmark(str(PRESETS / 'toy.py'), ['data_root']))
+    assert error_of(lambda: load_benchmark(str(PRESETS / 'toy.py'), ['test_cfg.template=fancy'])) == (
+        f"{PRESETS / 'toy.py'}: test_cfg.template: unknown template set 'fancy'; choose one of custom, full, identity, "
+        'simple, subset')
+    assert load_benchmark(str(PRESETS / 'toy.py'), ['test_cfg.template=custom']).test_cfg.template == 'custom'
     assert 'config not found' in error_of(lambda: load_benchmark(str(tmp_path / 'none.py')))

@@ -1,4 +1,5 @@
-"""utils/optim, scheduler, precision, engine (non-finite handling, zero-shot accuracy), logging/plots, resume."""
+"""utils/optim, scheduler, precision, engine (non-finite handling), zero_shot (class embeddings, accuracy),
+logging/plots, resume."""
 import io
 import math
 import os
@@ -11,29 +12,31 @@ import torch.nn as nn
 from omegaconf import OmegaConf
 from PIL import Image
 
+from datasets import get_templates
 from datasets.shards import ValStream
 from models import build_model
 from utils.checkpoint import save_checkpoint
-from utils.engine import NonFiniteLossError, Trainer, TrainState, evaluate_cls, train_one_epoch
+from utils.engine import NonFiniteLossError, Trainer, TrainState, train_one_epoch
 from utils.logging import MetricWriter
 from utils.optim import build_optimizer, param_groups
 from utils.plots import plot_loss_curves
 from utils.precision import Precision
 from utils.resume import epoch_checkpoint_path, newest_loadable, prune
 from utils.scheduler import build_scheduler, scale_lr
+from utils.zero_shot import ClassPrompts, class_embeddings, evaluate_cls
 
 TRAIN = {'base_lr': 1e-3, 'warmup_lr': 1e-5, 'min_lr': 1e-4, 'weight_decay': 0.05, 'lr_scaling_batch': 4096,
          'accumulation_steps': 0, 'epochs': 4, 'warmup_epochs': 1, 'clip_grad': 5.0,
          'lr_scheduler': {'name': 'cosine'}, 'optimizer': {'name': 'adamw', 'eps': 1e-8, 'betas': [0.9, 0.999]}}
 
 
-def tiny_model():
+def tiny_model(context_length=8, vocab_size=100):
     cfg = {'type': 'MultiLabelContrastive', 'output_dim': 16, 'proj_num_layers': 2,
            'img_encoder': {'type': 'GroupViT', 'img_size': 32, 'patch_size': 8, 'embed_dim': 16, 'depths': [1, 1],
                            'num_heads': [2, 2], 'embed_factors': [1, 1], 'num_group_tokens': [4, 0],
                            'num_output_groups': [2]},
-           'text_encoder': {'type': 'TextTransformer', 'context_length': 8, 'width': 16, 'layers': 1,
-                            'vocab_size': 100}}
+           'text_encoder': {'type': 'TextTransformer', 'context_length': context_length, 'width': 16, 'layers': 1,
+                            'vocab_size': vocab_size}}
     return build_model(OmegaConf.create(cfg))
 
 
@@ -170,7 +173,11 @@ class Oracle(nn.Module):
         cls = (image[:, 0, 0, 0] * 255 / 20).round().long()
         return sum(0.5 ** i * nn.functional.one_hot((cls + i) % self.n, self.n).float() for i in range(self.n))
 
+    def tokenize(self, texts):
+        return torch.zeros(len(texts), 1, dtype=torch.long)
+
     def build_text_embedding(self, tokens):
+        assert tokens.shape == (self.n, 1, 1)
         return torch.eye(self.n)[self.order]
 
 
@@ -199,8 +206,8 @@ def test_zero_shot_accuracy_of_a_model_with_known_answers(tmp_path, order, top1,
             'swap01': [1, 0] + list(range(2, n))}[order]
     to_tensor = lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
     stream = ValStream({str(tmp_path / f'val-{i}.tar'): 'val' for i in range(2)}, 4, to_tensor, 0, 1)
-    tokens = {'simple': torch.zeros(n, 1, 77, dtype=torch.long)}
-    out = evaluate_cls(Oracle(n, perm), stream, tokens, torch.device('cpu'), Precision('O0', 'cpu'))
+    prompts = ClassPrompts([f'class {c}' for c in range(n)], {'simple': ['a photo of a {}.']})
+    out = evaluate_cls(Oracle(n, perm), stream, prompts, torch.device('cpu'), Precision('O0', 'cpu'))
     share = lambda keep: 100.0 * sum(keep(label) for label in labels) / len(labels)
     expected_top1 = top1 if top1 is not None else share(lambda label: label >= 2)
     expected_top5 = top5 if top5 is not None else share(lambda label: label != 1)
@@ -214,7 +221,7 @@ def test_zero_shot_rejects_labels_outside_the_class_list(tmp_path):
     to_tensor = lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
     stream = ValStream({str(tmp_path / 'v.tar'): 'val'}, 4, to_tensor, 0, 1)
     with pytest.raises(ValueError, match='class label 9 outside the 8 class names'):
-        evaluate_cls(Oracle(8, list(range(8))), stream, {'simple': torch.zeros(8, 1, 77, dtype=torch.long)},
+        evaluate_cls(Oracle(8, list(range(8))), stream, ClassPrompts([str(c) for c in range(8)], {'simple': ['{}']}),
                      torch.device('cpu'), Precision('O0', 'cpu'))
 
 
@@ -289,12 +296,17 @@ def test_mixed_precision_training_steps_on_cpu(level, steps):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
-def test_class_embeddings_in_chunks_equal_one_pass():
-    from utils.engine import class_embeddings
-    model = tiny_model().eval()
-    tokens = torch.randint(1, 98, (7, 3, 8))
-    tokens[..., 6] = 99
-    whole = class_embeddings(model, tokens, torch.device('cpu'), max_texts=10**6)
-    chunked = class_embeddings(model, tokens, torch.device('cpu'), max_texts=6)  # 2 classes per forward
-    assert whole.shape == (7, 16) and torch.allclose(whole, chunked, atol=1e-6)
-    assert torch.allclose(whole.norm(dim=-1), torch.ones(7))
+def test_class_embeddings_write_every_class_into_every_template_in_chunks():
+    from datasets import tokenize
+    model = tiny_model(context_length=20, vocab_size=49408).eval()
+    names = ['cat', 'dog', 'potted plant', 'tv', 'sky']
+    tcl = ['itap of a {}.', 'a bad photo of a {}.', 'a origami {}.', 'a photo of the large {}.', 'a {} in a video game.',
+           'art of the {}.', 'a photo of the small {}.', 'a photo of many {}.', 'a photo of {}s.']
+    tokens = tokenize([t.format(n) for n in names for t in tcl], context_length=20).view(5, 9, 20)
+    expected = model.build_text_embedding(tokens)
+    whole = class_embeddings(model, names, get_templates('custom'))
+    chunked = class_embeddings(model, names, get_templates('custom'), max_texts=18)  # 2 classes per forward
+    assert whole.shape == (5, 16)
+    torch.testing.assert_close(whole, expected)
+    torch.testing.assert_close(chunked, expected)
+    assert torch.allclose(whole.norm(dim=-1), torch.ones(5))

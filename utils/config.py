@@ -19,6 +19,9 @@ CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs'
 SCHEMA_FILES = ('default.yml', 'default_pgseg.yml')
 # sections whose children are user-chosen names (dataset names); each child follows the union of the defaults' children
 OPEN_SECTIONS = ('data.dataset.meta', )
+# keys whose value names prompt-template sets (datasets/templates.py)
+TEMPLATE_KEYS = ('data.text_aug.template_set', 'evaluate.cls.template', 'evaluate.cls.extra_templates',
+                 'evaluate.seg.template')
 
 
 class ConfigError(ValueError):
@@ -171,10 +174,27 @@ def _check_value(value, expected, path: str, source: str) -> None:
         raise ConfigError(f"'{path}' in {source} is a single value in configs/default.yml, got a mapping")
 
 
+def _check_template_sets(node: dict, source: str) -> None:
+    """Every template-set name that `node` sets (not interpolated) is one of datasets/templates.py's sets."""
+    from datasets.templates import template_set_problem
+    for key in TEMPLATE_KEYS:
+        value = node
+        for part in key.split('.'):
+            value = value.get(part) if isinstance(value, dict) else None
+        for name in value if isinstance(value, list) else [value]:
+            if name is None or (isinstance(name, str) and name.startswith('${')):
+                continue
+            problem = template_set_problem(name, f"'{key}' in {source}")
+            if problem:
+                raise ConfigError(problem)
+
+
 def validate(node: DictConfig, merged: DictConfig, source: str) -> None:
-    """Raise ConfigError for the first key of `node` (one file or the --opts) that the schema does not know."""
+    """Raise ConfigError for the first key of `node` (one file or the --opts) that the schema does not know, or
+    for a template-set name that does not exist."""
     plain = OmegaConf.to_container(node, resolve=False)
     _check_section(plain, _schema(), OmegaConf.to_container(merged, resolve=False), '', source)
+    _check_template_sets(plain, source)
 
 
 def _check_resolves(cfg: DictConfig, source: str) -> None:

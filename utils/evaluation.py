@@ -1,39 +1,12 @@
-"""Evaluation during and after training: zero-shot classification, the segmentation hook, best checkpoints."""
+"""Evaluation after a training epoch: zero-shot classification and segmentation, the best checkpoints."""
 import os.path as osp
 from typing import Callable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from datasets import build_class_tokens, format_counts, get_templates, tokenize, val_class_names
-
-from .engine import Trainer, TrainState, evaluate_cls
+from .engine import Trainer, TrainState
 from .logging import get_logger
-
-
-def class_tokens(cfg: DictConfig) -> dict:
-    """{template set: tokens [N, T, L]} for the selection template and evaluate.cls.extra_templates."""
-    extra = OmegaConf.select(cfg, 'evaluate.cls.extra_templates', default=['full', 'simple'])
-    names = [cfg.evaluate.cls.template, *extra]
-    classes = val_class_names(cfg.data)
-    return {n: build_class_tokens(classes, get_templates(n), tokenize, cfg.data.text_aug.max_seq_len)
-            for n in dict.fromkeys(names)}
-
-
-def run_cls_eval(cfg: DictConfig, model, device, precision, val_loader, tokens: dict, writer=None,
-                 step: int = 0) -> dict:
-    """Zero-shot accuracy per template set, logged (and written to ``writer``)."""
-    logger = get_logger()
-    results = evaluate_cls(model, val_loader, tokens, device, precision)
-    bad = results.pop('bad')
-    val_name = ','.join(cfg.data.dataset.val)
-    for name, r in results.items():
-        logger.info(f"zero-shot {val_name} ({name} templates): acc1 {r['acc1']:.2f}  acc5 {r['acc5']:.2f}  "
-                    f"over {r['count']} images")
-        if writer is not None:
-            writer.scalars({f'val/acc1_{name}': r['acc1'], f'val/acc5_{name}': r['acc5']}, step)
-    if bad:
-        logger.info(f'bad validation data: {format_counts(bad)}')
-    return results
+from .zero_shot import ClassPrompts, run_cls_eval
 
 
 def seg_split(cfg) -> str:
@@ -72,11 +45,11 @@ def update_best(cfg: DictConfig, key: str, value: Optional[float], split: str, e
     get_logger().info(f'new best {key} {value:.2f} on {split} at epoch {epoch}: {path}')
 
 
-def evaluate_epoch(cfg: DictConfig, epoch: int, trainer: Trainer, val_loader, tokens: dict, save: Callable):
+def evaluate_epoch(cfg: DictConfig, epoch: int, trainer: Trainer, val_loader, prompts: ClassPrompts, save: Callable):
     """The evaluations of evaluate.task after an epoch; ``save(path, epoch, **extra)`` writes a checkpoint."""
     state = trainer.state
     if 'cls' in cfg.evaluate.task and val_loader is not None:
-        results = run_cls_eval(cfg, trainer.model, trainer.device, trainer.precision, val_loader, tokens,
+        results = run_cls_eval(cfg, trainer.model, trainer.device, trainer.precision, val_loader, prompts,
                                trainer.writer, state.step)
         acc1 = results[cfg.evaluate.cls.template]['acc1']
         split = f"{','.join(cfg.data.dataset.val)} ({cfg.evaluate.cls.template} templates)"

@@ -7,13 +7,12 @@ from .pamr import PAMR, refine_with_pamr
 from .reference import published_protocol_logits
 from .report import format_table, write_report
 from .segmentor import ZeroShotSegmentor, slide_windows
-from .text import class_text_embedding, segmentation_templates
 from .zero_shot import class_scores, final_group_maps, group_class_affinity, zero_shot_logits
 
 __all__ = [
     'zero_shot_logits', 'published_protocol_logits', 'evaluate_seg', 'evaluate_background', 'build_segmentor',
     'run_benchmark', 'benchmark_from_cfg', 'load_benchmark', 'select_split', 'build_benchmark_dataset',
     'class_names', 'prompt_names', 'describe', 'format_protocol', 'SegIoUMetric', 'PAMR', 'refine_with_pamr',
-    'ZeroShotSegmentor', 'slide_windows', 'class_text_embedding', 'segmentation_templates', 'class_scores',
-    'final_group_maps', 'group_class_affinity', 'format_table', 'write_report'
+    'ZeroShotSegmentor', 'slide_windows', 'class_scores', 'final_group_maps', 'group_class_affinity', 'format_table',
+    'write_report'
 ]

@@ -8,6 +8,8 @@ from mmseg.registry import DATASETS
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from datasets.templates import template_set_problem
+
 from ..datasets import SegDataError, check_dataset_cfg, check_samples
 
 DEFAULT_TEMPLATE = 'simple'
@@ -56,6 +58,9 @@ def load_benchmark(path, opts=(), template=None):
     cfg.merge_from_dict(overrides)
     if cfg.test_cfg.get('template') is None:
         cfg.test_cfg.template = template or DEFAULT_TEMPLATE
+    problem = template_set_problem(cfg.test_cfg.template, f'{path}: test_cfg.template')
+    if problem:
+        raise SegDataError(problem)
     cfg.config_path = path
     cfg.overrides = [str(o) for o in opts or []]
     return cfg

@@ -9,13 +9,14 @@ from mmseg.models import SegDataPreProcessor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from datasets.templates import get_templates
 from utils.distributed import backend, get_rank
+from utils.zero_shot import class_embeddings
 
 from .benchmark import (build_benchmark_dataset, class_names, describe, load_benchmark, prompt_names,
                         select_split)
 from .metric import SegIoUMetric
 from .segmentor import ZeroShotSegmentor
-from .text import class_text_embedding
 from .vis import save_overlay
 
 
@@ -29,7 +30,7 @@ def build_segmentor(model, dataset, bench):
     """Text embeddings of the benchmark's classes, wrapped with the test protocol around `model`."""
     classes, with_bg = class_names(dataset)
     device = next(model.parameters()).device
-    text = class_text_embedding(model, prompt_names(bench, classes, with_bg), bench.test_cfg.template)
+    text = class_embeddings(model, prompt_names(bench, classes, with_bg), get_templates(bench.test_cfg.template))
     preprocessor = SegDataPreProcessor(**{k: v for k, v in bench.data_preprocessor.items() if k != 'type'})
     return ZeroShotSegmentor(model, text, with_bg, bench.test_cfg, data_preprocessor=preprocessor).to(device)
 
