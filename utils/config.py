@@ -214,9 +214,10 @@ def load_config(path: str) -> DictConfig:
     return cfg
 
 
-def parse_opts(opts: Optional[Sequence[str]]) -> DictConfig:
-    """['a.b=1', 'c.d', 'x y'] -> {a: {b: 1}, c: {d: 'x y'}}: 'key=value' items or 'key' 'value' pairs."""
-    dotlist, items, i = [], list(opts or []), 0
+def parse_opts(opts: Optional[Sequence[str]], source: str = '--opts') -> DictConfig:
+    """['a.b=1', 'c.d', 'x y'] -> {a: {b: 1}, c: {d: 'x y'}}: 'key=value' items or 'key' 'value' pairs, values
+    parsed as YAML. `source` names the option in errors."""
+    dotlist, items, i = [], [str(o) for o in opts or []], 0
     while i < len(items):
         item = items[i]
         if '=' in item:
@@ -224,13 +225,23 @@ def parse_opts(opts: Optional[Sequence[str]]) -> DictConfig:
             i += 1
             continue
         if i + 1 >= len(items):
-            raise ConfigError(f"--opts: key '{item}' has no value (use key=value or 'key value')")
+            raise ConfigError(f"{source}: key '{item}' has no value (use key=value or 'key value')")
         dotlist.append(f'{item}={items[i + 1]}')
         i += 2
     try:
         return OmegaConf.from_dotlist(dotlist)
     except OmegaConfBaseException as e:
-        raise ConfigError(f'--opts: {str(e).splitlines()[0]}') from None
+        raise ConfigError(f'{source}: {str(e).splitlines()[0]}') from None
+
+
+def apply_opts(cfg: DictConfig, opts: Optional[Sequence[str]]) -> DictConfig:
+    """`cfg` with the --opts overrides merged in, every overridden key checked like a config file's."""
+    overrides = parse_opts(opts)
+    if not len(overrides):
+        return cfg
+    merged = OmegaConf.merge(cfg, overrides)
+    validate(overrides, merged, '--opts')
+    return merged
 
 
 def _arg(args, name: str):
@@ -244,12 +255,7 @@ def get_config(args) -> DictConfig:
     model_name becomes '<name or config stem>_bs<batch>x<WORLD_SIZE>' and local_rank comes from $LOCAL_RANK.
     The result is struct-locked (no new keys) but writable.
     """
-    cfg = load_config(args.cfg)
-    opts = parse_opts(_arg(args, 'opts'))
-    if len(opts):
-        merged = OmegaConf.merge(cfg, opts)
-        validate(opts, merged, '--opts')
-        cfg = merged
+    cfg = apply_opts(load_config(args.cfg), _arg(args, 'opts'))
     overrides = {
         'batch_size': 'data.batch_size', 'amp_opt_level': 'train.amp_opt_level', 'resume': 'checkpoint.resume',
         'eval': 'evaluate.eval_only', 'keep': 'checkpoint.max_kept', 'wandb': 'wandb', 'vis': 'vis', 'tag': 'tag',
