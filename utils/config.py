@@ -9,7 +9,7 @@ import inspect
 import os
 import os.path as osp
 from functools import lru_cache
-from typing import Dict, List, Optional, Sequence, Set
+from typing import List, Optional, Sequence, Set
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -76,45 +76,19 @@ def _unknown(path: str, key: str, allowed: Set[str], source: str) -> ConfigError
 
 
 def _model_registry():
-    """-> the model registry, or None when the models package does not exist (yet)."""
-    try:
-        from models.builder import MODELS
-    except ModuleNotFoundError as e:
-        if e.name and e.name.split('.')[0] == 'models':
-            return None
-        raise
+    from models.builder import MODELS  # imported when first needed: models import utils
     return MODELS
 
 
-def _published_model_keys() -> Dict[str, Set[str]]:
-    """type -> keys used for it in configs/*.yml; the fallback schema while models/ is not importable."""
-    keys: Dict[str, Set[str]] = {}
-
-    def walk(node):
-        if isinstance(node, dict) and isinstance(node.get('type'), str):
-            keys.setdefault(node['type'], set()).update(node)
-            for value in node.values():
-                walk(value)
-
-    for name in sorted(os.listdir(CONFIG_DIR)):
-        if name.endswith('.yml'):
-            walk(OmegaConf.to_container(_read_yaml(osp.join(CONFIG_DIR, name)), resolve=False).get('model'))
-    return keys
-
-
 def model_types() -> Set[str]:
-    registry = _model_registry()
-    return set(_published_model_keys() if registry is None else registry.keys())
+    return set(_model_registry().keys())
 
 
 def model_keys(type_name: str, source: str) -> Set[str]:
     """Constructor arguments (+ 'type') of the registered model class."""
     if type_name not in model_types():
         raise ConfigError(f"unknown model type '{type_name}' in {source}{_suggest(type_name, model_types())}")
-    registry = _model_registry()
-    if registry is None:
-        return _published_model_keys()[type_name]
-    return init_arguments(registry[type_name]) | {'type'}
+    return init_arguments(_model_registry()[type_name]) | {'type'}
 
 
 def init_arguments(cls: type) -> Set[str]:
@@ -251,14 +225,14 @@ def _arg(args, name: str):
 def get_config(args) -> DictConfig:
     """Config for a run: args.cfg + args.opts + command-line overrides; output = output/model_name/tag.
 
-    args may carry: cfg, opts, batch_size, output, tag, resume, amp_opt_level, wandb, keep, eval, vis.
-    model_name becomes '<name or config stem>_bs<batch>x<WORLD_SIZE>' and local_rank comes from $LOCAL_RANK.
+    args may carry: cfg, opts, batch_size, output, tag, resume, amp_opt_level, wandb, keep, eval.
+    model_name becomes '<name or config stem>_bs<batch>x<WORLD_SIZE>'.
     The result is struct-locked (no new keys) but writable.
     """
     cfg = apply_opts(load_config(args.cfg), _arg(args, 'opts'))
     overrides = {
         'batch_size': 'data.batch_size', 'amp_opt_level': 'train.amp_opt_level', 'resume': 'checkpoint.resume',
-        'eval': 'evaluate.eval_only', 'keep': 'checkpoint.max_kept', 'wandb': 'wandb', 'vis': 'vis', 'tag': 'tag',
+        'eval': 'evaluate.eval_only', 'keep': 'checkpoint.max_kept', 'wandb': 'wandb', 'tag': 'tag',
     }
     for arg_name, key in overrides.items():
         if _arg(args, arg_name):
@@ -271,7 +245,6 @@ def get_config(args) -> DictConfig:
     if not root:
         root = 'output' if OmegaConf.is_missing(cfg, 'output') or not cfg.output else cfg.output
     cfg.output = osp.join(root, cfg.model_name, str(cfg.tag))
-    cfg.local_rank = int(os.environ.get('LOCAL_RANK', 0))
     _check_resolves(cfg, str(args.cfg))
     OmegaConf.set_struct(cfg, True)
     return cfg
