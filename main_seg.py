@@ -18,7 +18,7 @@ import segmentation  # noqa: F401  (makes mmcv.ops importable before mmseg)
 from segmentation.datasets import SegDataError
 from segmentation.evaluation import (benchmark_from_cfg, build_benchmark_dataset, describe, evaluate_seg,
                                      format_protocol, format_table, write_report)
-from utils.checkpoint import CheckpointError, is_checkpoint_dir, load_weights
+from utils.checkpoint import CheckpointError, build_and_load, is_checkpoint_dir
 from utils.config import ConfigError, get_config
 from utils.distributed import close_distributed, get_rank, get_world_size, init_distributed
 
@@ -76,9 +76,7 @@ def evaluate(args):
     if rank == 0:
         print('protocol: ' + format_protocol(describe(bench, dataset)), flush=True)
 
-    model = build_model_from(cfg)
-    load_weights(model, args.resume, strict=True)
-    model.to(device).eval()
+    model = build_and_load(cfg.model, args.resume).to(device).eval()
     json_path, out_dir = report_paths(args, bench)
     result = evaluate_seg(model, cfg, benchmark=bench, dataset=dataset, vis=args.vis, output_dir=out_dir,
                           progress=rank == 0)
@@ -92,11 +90,6 @@ def evaluate(args):
         if result.get('vis'):
             print(f'overlays: {osp.join(out_dir, "vis")}')
     return result
-
-
-def build_model_from(cfg):
-    from models import build_model
-    return build_model(cfg.model)
 
 
 def main(argv=None):

@@ -212,16 +212,13 @@ class Segmenter:
 
 def load_model(cfg, resume: Optional[str], seed: int = 0):
     """Build cfg.model and load `resume`; without it, seeded random weights and ONE warning saying so."""
-    from models import build_model
-    from utils.checkpoint import CheckpointError, load_weights
+    from utils.checkpoint import CheckpointError, build_and_load
     torch.manual_seed(seed)
-    model = build_model(cfg.model)
-    if resume:
-        try:
-            load_weights(model, resume, strict=True)
-        except (CheckpointError, OSError) as e:
-            raise DemoError(str(e)) from None
-    else:
+    try:
+        model = build_and_load(cfg.model, resume or None)
+    except (CheckpointError, OSError) as e:
+        raise DemoError(str(e)) from None
+    if not resume:
         warnings.warn('no checkpoint given (--resume): the model has RANDOM weights, its segmentations mean nothing',
                       stacklevel=2)
     return model.eval()
