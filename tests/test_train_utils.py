@@ -15,13 +15,13 @@ from PIL import Image
 from datasets import get_templates
 from datasets.shards import ValStream
 from models import build_model
-from utils.checkpoint import save_checkpoint
-from utils.engine import NonFiniteLossError, Trainer, TrainState, train_one_epoch
+from utils.checkpoint import load_checkpoint, save_checkpoint
+from utils.engine import NonFiniteLossError, Trainer, train_one_epoch
 from utils.logging import MetricWriter
 from utils.optim import build_optimizer, param_groups
 from utils.plots import plot_loss_curves
 from utils.precision import Precision
-from utils.resume import epoch_checkpoint_path, newest_loadable, prune
+from utils.resume import Checkpointer, TrainState, epoch_checkpoint_path, newest_loadable, prune
 from utils.scheduler import build_scheduler, scale_lr
 from utils.zero_shot import ClassPrompts, class_embeddings, evaluate_cls
 
@@ -111,21 +111,22 @@ class Scripted(nn.Module):
         return {'loss': (self.w ** 2).sum() * text[0]}
 
 
-def scripted_trainer(scales, patience=3, accumulation=1):
-    cfg = OmegaConf.create({'train': {**TRAIN, 'epochs': 1}, 'print_freq': 1, 'data': {'batch_size': 2}})
+def scripted_trainer(output, scales, patience=3, accumulation=1):
+    cfg = OmegaConf.create({'train': {**TRAIN, 'epochs': 1, 'start_epoch': 0}, 'print_freq': 1,
+                            'data': {'batch_size': 2}, 'output': str(output)})
     model = Scripted()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = build_scheduler(cfg.train, opt, scale_lr(cfg.train, 4096, 1), len(scales))
     batches = iter([{'image': torch.zeros(2, 1), 'text': torch.tensor([s, s])} for s in scales])
-    saved = []
-    trainer = Trainer(cfg, model, model, opt, sched, Precision('O0', 'cpu'), batches, len(scales), accumulation,
-                      torch.device('cpu'), MetricWriter('unused', rank=1), TrainState(), patience,
-                      on_nonfinite_stop=lambda: saved.append('ckpt') or 'ckpt')
-    return trainer, saved
+    precision = Precision('O0', 'cpu')
+    checkpointer = Checkpointer(cfg, model, opt, sched, precision)
+    checkpointer.state.epoch = 1
+    return Trainer(cfg, model, model, opt, sched, precision, batches, len(scales), accumulation, torch.device('cpu'),
+                   MetricWriter('unused', rank=1), checkpointer.state, patience, checkpointer)
 
 
-def test_nonfinite_loss_skips_the_step_and_recovers():
-    trainer, saved = scripted_trainer([1.0, float('nan'), 1.0, float('inf'), 1.0])
+def test_nonfinite_loss_skips_the_step_and_recovers(tmp_path):
+    trainer = scripted_trainer(tmp_path, [1.0, float('nan'), 1.0, float('inf'), 1.0])
     weights = []
     original_step = trainer.optimizer.step
 
@@ -138,20 +139,23 @@ def test_nonfinite_loss_skips_the_step_and_recovers():
     assert len(weights) == 3  # only the three finite steps moved the weights
     assert trainer.model.seen.item() == 3.0  # buffers changed by the non-finite forwards were put back
     assert trainer.state.step == 5 and trainer.state.nonfinite_total == 2 and trainer.state.nonfinite_in_a_row == 0
-    assert saved == [] and math.isfinite(averages['loss'])
+    assert os.listdir(tmp_path) == [] and math.isfinite(averages['loss'])
 
 
-def test_consecutive_nonfinite_losses_stop_with_a_saved_checkpoint(caplog):
-    trainer, saved = scripted_trainer([1.0] + [float('nan')] * 5, patience=3)
-    with pytest.raises(NonFiniteLossError, match='3 optimizer steps in a row .* saved to ckpt'):
-        train_one_epoch(trainer, 0)
-    assert saved == ['ckpt'] and trainer.state.step == 4
+def test_consecutive_nonfinite_losses_stop_with_a_saved_checkpoint(tmp_path, caplog):
+    trainer = scripted_trainer(tmp_path, [1.0] + [float('nan')] * 5, patience=3)
+    saved = str(tmp_path / 'ckpt_nonfinite_step_4')
+    with pytest.raises(NonFiniteLossError, match=f'3 optimizer steps in a row .* saved to {saved}. Lower'):
+        train_one_epoch(trainer, 1)
+    state = load_checkpoint(saved)
+    assert (state['epoch'], state['step']) == (0, 4) and trainer.state.step == 4
+    assert torch.equal(state['model']['w'], trainer.model.w.detach())
     assert 'non-finite loss at step 2' in caplog.text and 'non-finite loss at step 4' in caplog.text
     assert math.isfinite(trainer.model.w.item())
 
 
-def test_accumulation_steps_once_per_window():
-    trainer, _ = scripted_trainer([1.0] * 6, accumulation=3)
+def test_accumulation_steps_once_per_window(tmp_path):
+    trainer = scripted_trainer(tmp_path, [1.0] * 6, accumulation=3)
     calls = []
     original_step = trainer.optimizer.step
     trainer.optimizer.step = lambda *a, **k: calls.append(1) or original_step(*a, **k)

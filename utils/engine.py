@@ -2,8 +2,8 @@
 import contextlib
 import datetime
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, Optional
+from dataclasses import dataclass
+from typing import Dict, Iterator, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -14,21 +14,11 @@ from .distributed import get_world_size, true_on_every_rank
 from .logging import MetricWriter, get_logger
 from .misc import AverageMeter, meters_mean_over_ranks
 from .precision import Precision
+from .resume import Checkpointer, TrainState
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many optimizer updates in a row had a non-finite loss or gradient."""
-
-
-@dataclass
-class TrainState:
-    """What a checkpoint restores besides the modules: progress, best metrics, bad-data counts."""
-    epoch: int = 0  # the epoch being run (after a restore: the first one to run)
-    step: int = 0  # optimizer updates done so far
-    best: Dict[str, dict] = field(default_factory=dict)
-    nonfinite_in_a_row: int = 0
-    nonfinite_total: int = 0
-    bad_data: Dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -47,7 +37,7 @@ class Trainer:
     writer: MetricWriter
     state: TrainState
     nonfinite_patience: int = 10
-    on_nonfinite_stop: Optional[Callable[[], str]] = None  # saves a checkpoint, returns its path
+    checkpointer: Optional[Checkpointer] = None  # saves the state when repeated non-finite steps stop the run
 
 
 def all_finite(value: torch.Tensor) -> bool:
@@ -101,7 +91,7 @@ def _record_nonfinite(t: Trainer, epoch: int, idx: int, terms: Dict[str, float],
     logger.warning(f'non-finite {what} at step {t.state.step} (epoch {epoch}, iter {idx}): {shown}; optimizer '
                    f'step skipped ({t.state.nonfinite_in_a_row} in a row, patience {t.nonfinite_patience})')
     if t.state.nonfinite_in_a_row >= t.nonfinite_patience:
-        saved = t.on_nonfinite_stop() if t.on_nonfinite_stop else None
+        saved = t.checkpointer.save_nonfinite() if t.checkpointer else None
         raise NonFiniteLossError(
             f'stopping: {t.state.nonfinite_in_a_row} optimizer steps in a row had a non-finite {what} '
             f'(last at step {t.state.step}, epoch {epoch}); model and optimizer state before them saved to {saved}. '

@@ -1,11 +1,12 @@
 """Evaluation after a training epoch: zero-shot classification and segmentation, the best checkpoints."""
 import os.path as osp
-from typing import Callable, Optional
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from .engine import Trainer, TrainState
+from .engine import Trainer
 from .logging import get_logger
+from .resume import Checkpointer
 from .zero_shot import ClassPrompts, run_cls_eval
 
 
@@ -35,18 +36,20 @@ def run_seg_eval(cfg: DictConfig, model) -> Optional[float]:
     return miou
 
 
-def update_best(cfg: DictConfig, key: str, value: Optional[float], split: str, epoch: int, state: TrainState,
-                save: Callable) -> None:
+def update_best(cfg: DictConfig, key: str, value: Optional[float], split: str, epoch: int,
+                checkpointer: Checkpointer) -> None:
     """Save ckpt_best_<key> when ``value`` beats the best so far; records metric, value, epoch and split."""
+    state = checkpointer.state
     if value is None or value <= state.best.get(key, {}).get('value', float('-inf')):
         return
     state.best[key] = {'value': value, 'epoch': epoch, 'split': split}
-    path = save(osp.join(cfg.output, f'ckpt_best_{key}'), epoch, best={'metric': key, **state.best[key]})
+    path = checkpointer.save(osp.join(cfg.output, f'ckpt_best_{key}'), epoch, best={'metric': key, **state.best[key]})
     get_logger().info(f'new best {key} {value:.2f} on {split} at epoch {epoch}: {path}')
 
 
-def evaluate_epoch(cfg: DictConfig, epoch: int, trainer: Trainer, val_loader, prompts: ClassPrompts, save: Callable):
-    """The evaluations of evaluate.task after an epoch; ``save(path, epoch, **extra)`` writes a checkpoint."""
+def evaluate_epoch(cfg: DictConfig, epoch: int, trainer: Trainer, val_loader, prompts: ClassPrompts,
+                   checkpointer: Checkpointer):
+    """The evaluations of evaluate.task after an epoch; a new best metric is saved through `checkpointer`."""
     state = trainer.state
     if 'cls' in cfg.evaluate.task and val_loader is not None:
         results = run_cls_eval(cfg, trainer.model, trainer.device, trainer.precision, val_loader, prompts,
@@ -54,11 +57,11 @@ def evaluate_epoch(cfg: DictConfig, epoch: int, trainer: Trainer, val_loader, pr
         acc1 = results[cfg.evaluate.cls.template]['acc1']
         split = f"{','.join(cfg.data.dataset.val)} ({cfg.evaluate.cls.template} templates)"
         if cfg.evaluate.cls.save_best:
-            update_best(cfg, 'acc1', acc1, split, epoch, state, save)
+            update_best(cfg, 'acc1', acc1, split, epoch, checkpointer)
     if 'seg' in cfg.evaluate.task:
         miou = run_seg_eval(cfg, trainer.model)
         if miou is not None:
             trainer.writer.scalars({'val/miou': miou}, state.step)
             if cfg.evaluate.seg.save_best:
-                update_best(cfg, 'miou', miou, seg_split(cfg), epoch, state, save)
+                update_best(cfg, 'miou', miou, seg_split(cfg), epoch, checkpointer)
         trainer.model.train()
