@@ -93,6 +93,7 @@ def train(cfg, model, device, precision):
     try:
         for epoch in range(state.epoch, cfg.train.epochs):
             state.epoch = epoch
+            # seeds of the epoch itself: a resumed epoch draws what it would have drawn in an uninterrupted run
             seed_everything(int(cfg.seed) + rank + EPOCH_SEED_STRIDE * epoch)
             data.set_epoch(epoch)
             train_one_epoch(trainer, epoch)
