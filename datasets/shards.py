@@ -34,6 +34,7 @@ TEXT_EXTS = ('txt', 'text')
 MIN_IMAGE_SIDE = 2
 MAX_CONSECUTIVE_BAD = 10000
 SHARD_SAMPLING = ('resampled', 'split')
+EPOCH_SEED_STRIDE = 1_000_003  # epoch e streams from seed + e * stride: apart from the rank and worker offsets
 CONVERTIBLE_MODES = ('L', 'LA', 'P', 'PA', 'CMYK', 'RGBA', 'RGBX', 'YCbCr', '1', 'La', 'RGBa')
 
 
@@ -68,6 +69,15 @@ def merge_counts(total: Dict[str, Counter], new: Dict[str, Dict[str, int]]) -> D
     """Add ``new`` ({dataset: {reason: n}}) into ``total`` in place and return it."""
     for name, reasons in new.items():
         total.setdefault(name, Counter()).update(reasons)
+    return total
+
+
+def sum_counts_over_ranks(counts: Dict[str, Dict[str, int]]) -> Dict[str, Counter]:
+    """Counts {dataset: {reason: n}} of every rank, summed (the same on every rank)."""
+    from utils.distributed import gather_objects
+    total = {}
+    for part in gather_objects(counts):
+        merge_counts(total, part)
     return total
 
 
@@ -389,23 +399,47 @@ def make_loader(stream, data_cfg: DictConfig, seed: int, rank: int) -> torch.uti
 
 
 class TrainData:
-    """What the training loop needs: an infinite batch iterator and the epoch length in batches."""
+    """The training batches, built once per run: iterating gives TrainStream's batches of the current epoch.
 
-    def __init__(self, loader, steps_per_epoch: int, length: int, shard_report: Dict[str, Tuple[int, int]]):
-        self.loader = loader
-        self.steps_per_epoch = steps_per_epoch
+    length: samples the training datasets declare (their `length`); steps_per_epoch: batches per epoch,
+    length // (batch_size * world); shard_report: {dataset: (shards found, shards the prefix names)}.
+    """
+
+    def __init__(self, stream: TrainStream, data_cfg: DictConfig, rank: int, length: int, steps_per_epoch: int,
+                 shard_report: Dict[str, Tuple[int, int]]):
+        self.stream = stream
+        self.data_cfg = data_cfg
+        self.rank = rank
+        self.seed = stream.seed
         self.length = length
+        self.steps_per_epoch = steps_per_epoch
         self.shard_report = shard_report
+        self._batches = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Restart the stream (and its loader workers) seeded with seed + EPOCH_SEED_STRIDE * epoch, so that an epoch
+        reads the same batches whether the run started at epoch 0 or resumed there."""
+        self.stream.seed = self.seed + EPOCH_SEED_STRIDE * epoch
+        self._batches = iter(make_loader(self.stream, self.data_cfg, self.stream.seed, self.rank))
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        if self._batches is None:
+            self.set_epoch(0)
+        return next(self._batches)
 
 
 def build_train_data(data_cfg: DictConfig, img_transform: Callable, text_transform: Callable, rank: int,
                      world: int, seed: int) -> TrainData:
+    """TrainData over data.dataset.train; raises ShardConfigError for a missing folder or pattern."""
     owner, length, report = collect_shards(data_cfg, 'train')
     stream = TrainStream(owner, int(data_cfg.batch_size), img_transform, text_transform,
                          int(data_cfg.shuffle_buffer), seed, rank, world,
                          str(OmegaConf.select(data_cfg, 'shard_sampling', default='resampled')))
     steps = max(1, length // (int(data_cfg.batch_size) * world))
-    return TrainData(make_loader(stream, data_cfg, seed, rank), steps, length, report)
+    return TrainData(stream, data_cfg, rank, length, steps, report)
 
 
 def build_val_loader(data_cfg: DictConfig, img_transform: Callable, rank: int, world: int,

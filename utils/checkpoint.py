@@ -420,3 +420,13 @@ def load_weights(model: torch.nn.Module, path: str, strict: bool = True) -> Tupl
     for problem in problems:
         logger.warning('%s: %s', path, problem)
     return missing, unexpected
+
+
+def build_and_load(model_cfg, checkpoint: Optional[str] = None, strict: bool = True) -> torch.nn.Module:
+    """Build the model of `model_cfg` (a config's `model` section) and load `checkpoint`'s weights into it with
+    `load_weights`; without a checkpoint the model keeps its fresh initialisation."""
+    from models import build_model  # models import utils: imported when first needed
+    model = build_model(model_cfg)
+    if checkpoint is not None:
+        load_weights(model, checkpoint, strict=strict)
+    return model
