@@ -5,6 +5,12 @@ shards with replacement from its own seeded generator (``data.shard_sampling: sp
 the shards, as the published code does), reads them, shuffles samples in a buffer and yields full batches. An epoch
 is ``sum(length) // (batch_size * world_size)`` batches.
 
+Data position: every batch carries the loader worker that made it and how many raw samples that worker has taken from
+its shuffled stream so far; `TrainData` keeps the latest per worker and the batches consumed in the epoch, and
+`TrainData.set_epoch(epoch, batches, positions)` continues an epoch there: each worker skips its raw samples without
+decoding them (tar reading only), and workers that had not yet had their turn since the last one used first send one
+placeholder each, so that torch's round-robin over workers resumes at the right worker.
+
 Validation reads every shard once. Work is split over ranks and loader workers by shard when there are enough
 shards, by sample index otherwise, so that every sample is counted exactly once over all ranks and workers.
 
@@ -15,10 +21,11 @@ with the batch it would have belonged to (``batch['bad']``), so the main process
 import functools
 import io
 import itertools
+import os
 import os.path as osp
 import random
 import tarfile
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from glob import glob
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -28,6 +35,8 @@ import webdataset as wds
 from braceexpand import braceexpand
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image
+
+from utils.signals import protect_loader_worker, training_exit_flag
 
 IMAGE_EXTS = ('jpg', 'png', 'jpeg', 'webp')
 TEXT_EXTS = ('txt', 'text')
@@ -256,6 +265,8 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.rank = rank
         self.world = world
         self.shard_sampling = shard_sampling
+        self.start_positions: Dict[int, int] = {}  # loader worker -> raw samples to skip (a resumed epoch)
+        self.first_worker = 0  # the worker whose batch comes first; those before it send a placeholder
 
     def worker_seed(self) -> int:
         worker, workers = worker_part()
@@ -296,12 +307,12 @@ class TrainStream(torch.utils.data.IterableDataset):
                 raise ShardConfigError(f'no readable sample in any training shard ({len(self.owner)} shards, '
                                        f'e.g. {url}); bad data so far: {format_counts(counter.counts)}')
 
-    def decoded(self, samples: Iterator[dict], counter: BadCounter) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def decoded(self, samples: Iterator[dict], counter: BadCounter) -> Iterator[Tuple[torch.Tensor, torch.Tensor, str]]:
         bad_in_a_row = 0
         for sample in samples:
             try:
                 img, text = decode_image(sample, counter), decode_caption(sample)
-                item = self.img_transform(img), self.text_transform(text)
+                item = self.img_transform(img), self.text_transform(text), sample_key(sample)
             except BadSample as bad:
                 counter.add(sample['__dataset__'], bad.reason)
                 bad_in_a_row += 1
@@ -313,13 +324,45 @@ class TrainStream(torch.utils.data.IterableDataset):
             yield item
 
     def __iter__(self) -> Iterator[dict]:
+        """Batches {'image', 'text', 'keys': sample keys, 'bad': counts, 'worker': loader worker,
+        'position': raw samples this worker has taken so far}; first a {'placeholder': True} when resuming before
+        `first_worker`."""
+        worker, _ = worker_part()
         counter = BadCounter()
         rng = random.Random(self.worker_seed())
-        stream = self.decoded(shuffled(self.samples(counter), self.shuffle_buffer, rng), counter)
+        raw = RawPosition(shuffled(self.samples(counter), self.shuffle_buffer, rng))
+        skip = self.start_positions.get(worker, 0)
+        if skip:
+            deque(itertools.islice(raw, skip), maxlen=0)
+            counter.take()  # the skipped samples' bad data was counted before the checkpoint
+        if worker < self.first_worker:
+            yield {'placeholder': True, 'worker': worker}
+        stream = self.decoded(raw, counter)
         while True:
             items = [next(stream) for _ in range(self.batch_size)]
-            yield {'image': torch.stack([i for i, _ in items]), 'text': torch.stack([t for _, t in items]),
-                   'bad': counter.take()}
+            yield {'image': torch.stack([i for i, _, _ in items]), 'text': torch.stack([t for _, t, _ in items]),
+                   'keys': [k for _, _, k in items], 'bad': counter.take(), 'worker': worker, 'position': raw.taken}
+
+
+def sample_key(sample: dict) -> str:
+    """'<shard file>/<key>': names a training sample (keys repeat across shards)."""
+    return f"{osp.basename(sample['__url__'])}/{sample['__key__']}"
+
+
+class RawPosition:
+    """Passes an iterator through and counts what was taken from it."""
+
+    def __init__(self, samples: Iterator[dict]):
+        self.samples = samples
+        self.taken = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        sample = next(self.samples)
+        self.taken += 1
+        return sample
 
 
 def shuffled(samples: Iterator[dict], bufsize: int, rng: random.Random, initial: int = 100) -> Iterator[dict]:
@@ -382,8 +425,11 @@ class ValStream(torch.utils.data.IterableDataset):
                 yield {'image': None, 'target': None, 'bad': leftover}
 
 
-def seed_worker(worker_id: int, base_seed: int, rank: int, num_workers: int):
-    """Seed python/numpy in a loader worker: base + rank * num_workers + worker (torch is seeded by the loader)."""
+def seed_worker(worker_id: int, base_seed: int, rank: int, num_workers: int, training_pid: int, training_exits):
+    """Start of a loader worker: dies with the training process `training_pid` and leaves preemption signals to it
+    (utils.signals.protect_loader_worker), seeds python/numpy with base + rank * num_workers + worker (torch is seeded
+    by the loader)."""
+    protect_loader_worker(training_pid, training_exits)
     seed = base_seed + rank * num_workers + worker_id
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -395,7 +441,8 @@ def make_loader(stream, data_cfg: DictConfig, seed: int, rank: int) -> torch.uti
                          pin_memory=bool(data_cfg.pin_memory) and torch.cuda.is_available(),
                          persistent_workers=False,
                          worker_init_fn=functools.partial(seed_worker, base_seed=seed, rank=rank,
-                                                          num_workers=max(workers, 1)))
+                                                          num_workers=max(workers, 1), training_pid=os.getpid(),
+                                                          training_exits=training_exit_flag()))
 
 
 class TrainData:
@@ -403,6 +450,7 @@ class TrainData:
 
     length: samples the training datasets declare (their `length`); steps_per_epoch: batches per epoch,
     length // (batch_size * world); shard_report: {dataset: (shards found, shards the prefix names)}.
+    epoch, batches, worker_positions: where this rank's data stands (see `position`).
     """
 
     def __init__(self, stream: TrainStream, data_cfg: DictConfig, rank: int, length: int, steps_per_epoch: int,
@@ -414,12 +462,21 @@ class TrainData:
         self.length = length
         self.steps_per_epoch = steps_per_epoch
         self.shard_report = shard_report
+        self.num_workers = int(data_cfg.num_workers)
+        self.epoch = 0
+        self.batches = 0
+        self.worker_positions: Dict[int, int] = {}
         self._batches = None
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, batches: int = 0, worker_positions: Optional[Dict[int, int]] = None) -> None:
         """Restart the stream (and its loader workers) seeded with seed + EPOCH_SEED_STRIDE * epoch, so that an epoch
-        reads the same batches whether the run started at epoch 0 or resumed there."""
+        reads the same batches whether the run started at epoch 0 or resumed there. batches, worker_positions: a
+        `position` of this epoch to continue from (its next batch is the one an uninterrupted run would read next)."""
+        self.epoch, self.batches = epoch, batches
+        self.worker_positions = dict(worker_positions or {})
         self.stream.seed = self.seed + EPOCH_SEED_STRIDE * epoch
+        self.stream.start_positions = dict(self.worker_positions)
+        self.stream.first_worker = batches % max(self.num_workers, 1) if self.worker_positions else 0
         self._batches = iter(make_loader(self.stream, self.data_cfg, self.stream.seed, self.rank))
 
     def __iter__(self) -> Iterator[dict]:
@@ -428,7 +485,21 @@ class TrainData:
     def __next__(self) -> dict:
         if self._batches is None:
             self.set_epoch(0)
-        return next(self._batches)
+        batch = next(self._batches)
+        while batch.get('placeholder'):
+            batch = next(self._batches)
+        self.batches += 1
+        self.worker_positions[batch['worker']] = batch['position']
+        return batch
+
+    def position(self) -> dict:
+        """{'epoch', 'batches': consumed in the epoch, 'workers': {loader worker: raw samples it has taken}}"""
+        return {'epoch': self.epoch, 'batches': self.batches, 'workers': dict(self.worker_positions)}
+
+    def layout(self) -> dict:
+        """What a recorded position depends on besides the data itself."""
+        return {'processes': self.stream.world, 'loader_workers': self.num_workers,
+                'batch_size': self.stream.batch_size, 'shard_sampling': self.stream.shard_sampling}
 
 
 def build_train_data(data_cfg: DictConfig, img_transform: Callable, text_transform: Callable, rank: int,

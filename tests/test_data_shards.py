@@ -168,6 +168,36 @@ def test_train_data_restarts_every_epoch_with_that_epochs_seed(tmp_path):
     assert batches(resumed, 1) == second
 
 
+@pytest.mark.parametrize('workers,sampling', [(2, 'resampled'), (2, 'split'), (0, 'resampled')])
+def test_an_epoch_continues_from_a_recorded_position_as_if_uninterrupted(tmp_path, workers, sampling):
+    """3 batches trained, then a new process continues from TrainData.position: the same next batches, keys and
+    images alike; with 2 loader workers the 4th batch is worker 1's (worker 0 sends a placeholder first)."""
+    for s in range(4):
+        write_tar(tmp_path / f'p-{s}.tar', [good_pair(i) for i in range(10 * s, 10 * s + 10)])
+    cfg = data_cfg(tmp_path, pairs={'path': str(tmp_path), 'prefix': 'p-{0..3}.tar', 'length': 40})
+    cfg.num_workers, cfg.shard_sampling = workers, sampling
+    pixel = lambda img: torch.tensor(float(np.asarray(img)[0, 0, 0]))
+
+    def data():
+        return build_train_data(cfg, pixel, lambda t: torch.zeros(1), rank=1, world=2, seed=3)
+    uninterrupted = data()
+    uninterrupted.set_epoch(2)
+    expected = [next(uninterrupted) for _ in range(7)]
+    assert [b['worker'] for b in expected] == [i % max(workers, 1) for i in range(7)]
+    first = data()
+    first.set_epoch(2)
+    for _ in range(3):
+        next(first)
+    position = first.position()
+    assert position['epoch'] == 2 and position['batches'] == 3 and len(position['workers']) == max(workers, 1)
+    resumed = data()
+    resumed.set_epoch(2, position['batches'], position['workers'])
+    rest = [next(resumed) for _ in range(4)]
+    assert [b['keys'] for b in rest] == [b['keys'] for b in expected[3:]]
+    assert all(torch.equal(b['image'], e['image']) for b, e in zip(rest, expected[3:]))
+    assert resumed.position() == uninterrupted.position() and resumed.batches == 7
+
+
 def test_all_bad_training_data_is_one_clear_error(tmp_path):
     write_tar(tmp_path / 'bad.tar', [('k', {'jpg': b'nope', 'txt': b'x'})] * 3)
     (tmp_path / 'empty.tar').write_bytes(b'')
