@@ -226,6 +226,22 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         assert_same_tensors(out['model'], model.state_dict())
 
 
+def test_leftovers_of_killed_saves_are_cleaned_and_a_moved_checkpoint_put_back(tmp_path):
+    kept = save_checkpoint(tmp_path / 'ckpt_epoch_1', Tiny().state_dict(), extra={'epoch': 1})
+    (tmp_path / '.ckpt_step_7.a1b2c3d4.tmp').mkdir()
+    (tmp_path / '.ckpt_step_7.a1b2c3d4.tmp' / ckpt.WEIGHTS_FILE).write_bytes(b'half')
+    (tmp_path / '.checkpoint.pth.x9y8z7w6.tmp').write_bytes(b'PK half')
+    moved = tmp_path / '.ckpt_best_acc1.q1w2e3r4.old'
+    moved.mkdir()
+    save_checkpoint(moved / ckpt.REPLACED, Tiny().state_dict(), extra={'epoch': 4})
+    done = ckpt.recover_interrupted_saves(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ['ckpt_best_acc1', 'ckpt_epoch_1']
+    assert load_checkpoint(tmp_path / 'ckpt_best_acc1')['epoch'] == 4 and load_checkpoint(kept)['epoch'] == 1
+    assert len(done) == 4 and [line for line in done if line.startswith('put back')] == [
+        f"put back {tmp_path / 'ckpt_best_acc1'}, which an interrupted save had moved to {moved}"]
+    assert ckpt.recover_interrupted_saves(str(tmp_path)) == []
+
+
 def test_find_latest_skips_incomplete(tmp_path):
     assert find_latest_checkpoint(tmp_path) is None
     model = Tiny()

@@ -32,12 +32,14 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
-from safetensors.torch import save_file as save_safetensors
+from safetensors.torch import save as safetensors_bytes
 
 logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = 'model.safetensors'
 STATE_FILE = 'state.pt'
+REPLACED = 'previous'  # inside a hidden `.<name>.*.old` folder: the checkpoint a save is replacing
+INTERRUPTED_SAVE = re.compile(r'^\.(?P<name>.+)\.[A-Za-z0-9_]+\.(?P<kind>tmp|old)$')
 # key prefix in a published/foreign state dict -> prefix in this project's model ('' removes it)
 PUBLISHED_KEY_MAP = {'module.': ''}
 
@@ -260,8 +262,12 @@ def _fsync_path(path: str) -> None:
 
 
 def _write_file(path: str, write) -> None:
-    write(path)
-    _fsync_path(path)
+    """write(file object) into a new file at `path`, then fsync it. Through a Python file object a full disk raises
+    OSError (ENOSPC) rather than torch's or safetensors' own error types."""
+    with open(path, 'wb') as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(path: str, model_state: Dict[str, torch.Tensor], optimizer_state: Optional[dict] = None,
@@ -292,7 +298,7 @@ def _save_single_file(path: str, content: Dict[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=osp.dirname(osp.abspath(path)))
     os.close(fd)
     try:
-        _write_file(tmp, lambda p: torch.save(content, p))
+        _write_file(tmp, lambda f: torch.save(content, f))
         os.replace(tmp, path)
     except BaseException:
         if osp.exists(tmp):
@@ -305,21 +311,45 @@ def _save_directory(path: str, weights: Dict[str, torch.Tensor], state: Dict[str
     tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=parent)
     old = None
     try:
-        _write_file(osp.join(tmp, WEIGHTS_FILE), lambda p: save_safetensors(weights, p))
-        _write_file(osp.join(tmp, STATE_FILE), lambda p: torch.save(state, p))
+        _write_file(osp.join(tmp, WEIGHTS_FILE), lambda f: f.write(safetensors_bytes(weights)))
+        _write_file(osp.join(tmp, STATE_FILE), lambda f: torch.save(state, f))
         _fsync_path(tmp)
         if osp.lexists(path):
             old = tempfile.mkdtemp(prefix=f'.{osp.basename(path)}.', suffix='.old', dir=parent)
-            os.replace(path, osp.join(old, 'previous'))
+            os.replace(path, osp.join(old, REPLACED))
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not osp.lexists(path) and osp.lexists(osp.join(old, 'previous')):
-            os.replace(osp.join(old, 'previous'), path)
+        if old is not None and not osp.lexists(path) and osp.lexists(osp.join(old, REPLACED)):
+            os.replace(osp.join(old, REPLACED), path)
         raise
     finally:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_interrupted_saves(folder: str) -> List[str]:
+    """Clean up after saves that were killed midway (call it only while no other process writes into `folder`):
+    hidden `.<name>.*.tmp` copies are deleted; a checkpoint that a replacing save had moved into `.<name>.*.old/` is
+    put back when `<name>` never arrived. -> one line per thing done."""
+    done = []
+    if not osp.isdir(folder):
+        return done
+    for entry in sorted(os.listdir(folder)):
+        match = INTERRUPTED_SAVE.match(entry)
+        if not match:
+            continue
+        path, final = osp.join(folder, entry), osp.join(folder, match.group('name'))
+        replaced = osp.join(path, REPLACED)
+        if match.group('kind') == 'old' and osp.lexists(replaced) and not osp.lexists(final):
+            os.replace(replaced, final)
+            done.append(f'put back {final}, which an interrupted save had moved to {path}')
+        if osp.isdir(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+        done.append(f'removed {path}, left by an interrupted save')
+    return done
 
 
 def is_complete(path: str) -> bool:
