@@ -1,8 +1,10 @@
 """utils/optim, scheduler, precision, engine (non-finite handling), zero_shot (class embeddings, accuracy),
 logging/plots, resume."""
+import errno
 import io
 import math
 import os
+import signal
 import tarfile
 from pathlib import Path
 
@@ -17,15 +19,18 @@ from conftest import published_state_dict
 from datasets import get_templates
 from datasets.shards import ValStream
 from models import SegmentationMethod, build_model
-from utils.checkpoint import load_checkpoint, save_checkpoint
+import utils.checkpoint
+from utils.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from utils.config import load_config
-from utils.engine import NonFiniteLossError, Trainer, train_one_epoch
+from utils.engine import NonFiniteLossError, Preempted, Trainer, train_one_epoch
 from utils.logging import MetricWriter
 from utils.optim import build_optimizer, param_groups
 from utils.plots import plot_loss_curves
 from utils.precision import Precision
-from utils.resume import Checkpointer, TrainState, epoch_checkpoint_path, newest_loadable, prune
+from utils.resume import (Checkpointer, TrainState, epoch_checkpoint_path, newest_loadable, prune,
+                          step_checkpoint_path)
 from utils.scheduler import build_scheduler, scale_lr
+from utils.signals import PreemptionSignals
 from utils.zero_shot import ClassPrompts, class_embeddings, evaluate_cls
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,9 +210,11 @@ class Scripted(SegmentationMethod):
         return {'loss': (self.w ** 2).sum() * text[0]}
 
 
-def scripted_trainer(output, scales, patience=3, accumulation=1):
+def scripted_trainer(output, scales, patience=3, accumulation=1, checkpoint=None):
     cfg = OmegaConf.create({'train': {**TRAIN, 'epochs': 1, 'start_epoch': 0}, 'print_freq': 1,
-                            'data': {'batch_size': 2}, 'output': str(output)})
+                            'data': {'batch_size': 2}, 'output': str(output),
+                            'checkpoint': {'auto_resume': True, 'resume': '', 'resume_weights_only': False,
+                                           'init': None, 'max_kept': -1, **(checkpoint or {})}})
     model = Scripted()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = build_scheduler(cfg.train, opt, scale_lr(cfg.train, 4096, 1), len(scales))
@@ -361,6 +368,93 @@ def test_newest_loadable_checkpoint_skips_a_corrupt_one(tmp_path, caplog):
     assert 'ckpt_epoch_2 is unreadable' in caplog.text
     prune(str(tmp_path), 1)
     assert sorted(os.listdir(tmp_path)) == ['ckpt_epoch_2']
+
+
+def test_step_checkpoints_keep_the_newest_and_resume_in_the_middle_of_the_epoch(tmp_path, caplog):
+    caplog.set_level('INFO')
+    checkpoint = {'save_every_steps': 2, 'max_kept_steps': 2}
+    trainer = scripted_trainer(tmp_path, [1.0] * 7, checkpoint=checkpoint)
+    train_one_epoch(trainer, 1, bad_before={'web': {'tiny_image': 2}})
+    assert sorted(os.listdir(tmp_path)) == ['ckpt_step_4', 'ckpt_step_6']  # none at the epoch's last batch
+    assert 'removed old checkpoint' in caplog.text and 'checkpoint.max_kept_steps=2' in caplog.text
+    path, state = newest_loadable(str(tmp_path))
+    assert path == step_checkpoint_path(str(tmp_path), 6) and (state['epoch'], state['step']) == (0, 6)
+    assert state['data_position'] == {'epoch': 1, 'batches': 6, 'bad_data_in_epoch': {'web': {'tiny_image': 2}}}
+    resumed = scripted_trainer(tmp_path, [1.0] * 7, checkpoint=checkpoint)
+    restored = resumed.checkpointer.resume_or_init()
+    assert (restored.epoch, restored.batch, restored.step) == (1, 6, 6)
+    assert 'resumed in epoch 1 after batch 6, step 6' in caplog.text
+    assert torch.equal(resumed.model.w.detach(), state['model']['w']) and resumed.model.w.item() != 1.0
+    forwards = len(resumed.model.hook_calls)
+    train_one_epoch(resumed, 1, start_batch=restored.batch)
+    assert resumed.state.step == 7 and len(resumed.model.hook_calls) - forwards == 3  # begin, forward, end
+    assert 'resumed mid-epoch' in caplog.text
+
+
+def test_a_preemption_signal_stops_after_the_step_with_a_step_checkpoint(tmp_path):
+    trainer = scripted_trainer(tmp_path, [1.0] * 5)
+
+    def batches_signalling_at_the_second():
+        for i in range(5):
+            if i == 1:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            yield {'image': torch.zeros(2, 1), 'text': torch.tensor([1.0, 1.0])}
+    trainer.batches = batches_signalling_at_the_second()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        trainer.preemption = PreemptionSignals().install()
+        with pytest.raises(Preempted, match=r'stopping on SIGUSR1 after step 2 \(epoch 1, batch 2\): the same '
+                                            r'command resumes from .*ckpt_step_2'):
+            train_one_epoch(trainer, 1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    state = load_checkpoint(tmp_path / 'ckpt_step_2')
+    assert state['data_position']['batches'] == 2 and trainer.state.step == 2
+    assert torch.equal(state['model']['w'], trainer.model.w.detach())
+
+
+def test_a_full_disk_while_saving_is_one_error_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    trainer = scripted_trainer(tmp_path, [1.0] * 3)
+    train_one_epoch(trainer, 0)
+    previous = trainer.checkpointer.save_epoch(0)
+    real_write = utils.checkpoint._write_file
+
+    def disk_full_at_the_state_file(path, write):
+        if path.endswith('state.pt'):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_write(path, write)
+    monkeypatch.setattr(utils.checkpoint, '_write_file', disk_full_at_the_state_file)
+    with pytest.raises(CheckpointError) as err:
+        trainer.checkpointer.save_step(3, {})
+    assert str(err.value) == (f"cannot write checkpoint {step_checkpoint_path(str(tmp_path), 3)}: No space left on "
+                              f'device; the previous checkpoint {previous} is intact')
+    assert os.listdir(tmp_path) == ['ckpt_epoch_0']  # the half-written temporary folder is gone
+    assert load_checkpoint(previous)['step'] == 3
+
+
+def test_newest_loadable_compares_epoch_and_step_checkpoints_and_skips_bad_ones(tmp_path, caplog):
+    model = nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+
+    def save(path, step, position=None):
+        extra = {'epoch': 0, 'step': step, **({'data_position': position} if position else {})}
+        save_checkpoint(path, model.state_dict(), opt.state_dict(), extra=extra)
+    save(epoch_checkpoint_path(str(tmp_path), 0), 8)
+    save(step_checkpoint_path(str(tmp_path), 8), 8, {'epoch': 0, 'batches': 8})
+    assert newest_loadable(str(tmp_path))[0] == epoch_checkpoint_path(str(tmp_path), 0)  # same step: the epoch end
+    for step in (10, 12):
+        save(step_checkpoint_path(str(tmp_path), step), step, {'epoch': 1, 'batches': step - 8})
+    assert newest_loadable(str(tmp_path))[0] == step_checkpoint_path(str(tmp_path), 12)
+    state_file = tmp_path / 'ckpt_step_12' / 'state.pt'
+    data = state_file.read_bytes()
+    state_file.write_bytes(data[:200] + b'\0' * 64 + data[264:])
+    path, state = newest_loadable(str(tmp_path))
+    assert path == step_checkpoint_path(str(tmp_path), 10) and state['data_position']['batches'] == 2
+    assert 'ckpt_step_12 is unreadable' in caplog.text and 'trying the previous one' in caplog.text
+    os.truncate(tmp_path / 'ckpt_step_10' / 'state.pt', 100)
+    assert newest_loadable(str(tmp_path))[0] == epoch_checkpoint_path(str(tmp_path), 0)
+    assert 'ckpt_step_10 is incomplete' in caplog.text
 
 
 def test_wandb_requested_but_missing_falls_back_to_tensorboard(tmp_path, monkeypatch, caplog):

@@ -115,6 +115,23 @@ def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
     return sum_over_ranks(x).div_(get_world_size())
 
 
+def from_main_process(obj):
+    """Rank 0's picklable `obj` on every rank (also a barrier)."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def true_on_any_rank(flags: List[bool], device: torch.device) -> List[bool]:
+    """The same answers on every rank: flag i is True when it is True on at least one rank (one all-reduce)."""
+    values = torch.tensor([float(f) for f in flags], device=device)
+    if is_distributed():
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(v > 0) for v in values.tolist()]
+
+
 def true_on_every_rank(flag: bool, device: torch.device) -> bool:
     """The same answer on every rank: True when `flag` is True on all of them."""
     value = torch.tensor([float(flag)], device=device)

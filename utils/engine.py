@@ -1,9 +1,10 @@
-"""The training epoch: micro-batches, gradient accumulation, non-finite steps, progress logs."""
+"""The training epoch: micro-batches, gradient accumulation, non-finite steps, progress logs, step checkpoints and
+preemption."""
 import contextlib
 import datetime
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, TextIO
 
 import torch
 from omegaconf import DictConfig
@@ -11,15 +12,20 @@ from omegaconf import DictConfig
 from datasets.shards import format_counts, merge_counts, sum_counts_over_ranks
 from models.base import training_loss
 
-from .distributed import get_world_size, true_on_every_rank
+from .distributed import get_world_size, true_on_any_rank, true_on_every_rank
 from .logging import MetricWriter, get_logger
 from .misc import AverageMeter, meters_mean_over_ranks
 from .precision import Precision
 from .resume import Checkpointer, TrainState
+from .signals import PreemptionSignals
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many optimizer updates in a row had a non-finite loss or gradient."""
+
+
+class Preempted(Exception):
+    """A preemption signal stopped training after a step checkpoint (not an error: the job is to be requeued)."""
 
 
 @dataclass
@@ -38,7 +44,9 @@ class Trainer:
     writer: MetricWriter
     state: TrainState
     nonfinite_patience: int = 10
-    checkpointer: Optional[Checkpointer] = None  # saves the state when repeated non-finite steps stop the run
+    checkpointer: Optional[Checkpointer] = None  # step checkpoints; the state when repeated non-finite steps stop
+    preemption: Optional[PreemptionSignals] = None  # read after each optimizer update
+    sample_record: Optional[TextIO] = None  # train.record_samples: '<epoch> <batch> <sample key>' lines
 
 
 def all_finite(value: torch.Tensor) -> bool:
@@ -101,8 +109,32 @@ def _record_nonfinite(t: Trainer, epoch: int, idx: int, terms: Dict[str, float],
             'Lower train.base_lr, raise train.warmup_epochs, or use --amp-opt-level O0/O2.')
 
 
-def train_one_epoch(t: Trainer, epoch: int) -> Dict[str, float]:
-    """Run ``steps_per_epoch`` micro-batches; returns the epoch's mean loss terms (averaged over ranks)."""
+def _save_or_stop(t: Trainer, epoch: int, batches: int, bad_this_epoch: Dict[str, dict]):
+    """After an optimizer update (`batches` of the epoch trained): a step checkpoint when one is due; a step
+    checkpoint and Preempted when a preemption signal came. Decided the same on every rank (one all-reduce)."""
+    if t.checkpointer is None or (t.preemption is None and not t.checkpointer.saves_steps):
+        return
+    received = t.preemption.received if t.preemption is not None else None
+    due = batches < t.steps_per_epoch and t.checkpointer.step_checkpoint_due(t.state.step)
+    stop, save = true_on_any_rank([received is not None, due], t.device)
+    if not (stop or save):
+        return
+    path = t.checkpointer.save_step(batches, sum_counts_over_ranks(bad_this_epoch))
+    if stop:
+        raise Preempted(f'stopping on {received or "a preemption signal to another rank"} after step {t.state.step} '
+                        f'(epoch {epoch}, batch {batches}): the same command resumes from {path}')
+
+
+def _record_samples(t: Trainer, epoch: int, idx: int, batch: dict):
+    t.sample_record.write(''.join(f'{epoch} {idx} {key}\n' for key in batch['keys']))
+    t.sample_record.flush()
+
+
+def train_one_epoch(t: Trainer, epoch: int, start_batch: int = 0,
+                    bad_before: Optional[Dict[str, dict]] = None) -> Dict[str, float]:
+    """Run micro-batches start_batch..steps_per_epoch-1 (start_batch > 0: the epoch resumed from a step checkpoint,
+    whose bad-data counts of the batches before are `bad_before`, held by one rank); returns the mean loss terms
+    of the batches run (averaged over ranks)."""
     logger = get_logger()
     cfg = t.cfg
     t.train_model.train()
@@ -111,11 +143,13 @@ def train_one_epoch(t: Trainer, epoch: int) -> Dict[str, float]:
     window: Dict[str, AverageMeter] = {}  # means since the last log line (tensorboard and the loss plot)
     batch_time, grad_meter = AverageMeter(), AverageMeter()
     global_batch = int(cfg.data.batch_size) * get_world_size()
-    bad_this_epoch: Dict[str, dict] = {}
+    bad_this_epoch: Dict[str, dict] = merge_counts({}, bad_before or {})
     update_is_bad = False
     start = end = time.time()
-    for idx in range(t.steps_per_epoch):
+    for idx in range(start_batch, t.steps_per_epoch):
         batch = next(t.batches)
+        if t.sample_record is not None:
+            _record_samples(t, epoch, idx, batch)
         merge_counts(bad_this_epoch, batch.get('bad') or {})
         inputs = _to_device(batch, t.device)
         if idx % t.accumulation == 0:
@@ -137,6 +171,7 @@ def train_one_epoch(t: Trainer, epoch: int) -> Dict[str, float]:
             update_is_bad = False
             end = time.time()
             _record_nonfinite(t, epoch, idx, terms, 'loss')
+            _save_or_stop(t, epoch, idx + 1, bad_this_epoch)
             continue
         grad_norm = _optimizer_update(t)
         t.optimizer.zero_grad(set_to_none=True)
@@ -153,10 +188,12 @@ def train_one_epoch(t: Trainer, epoch: int) -> Dict[str, float]:
         if idx % cfg.print_freq == 0 or idx + 1 == t.steps_per_epoch:
             _log_progress(t, epoch, idx, meters, window, batch_time, grad_meter, global_batch * t.accumulation)
             window = {}
+        _save_or_stop(t, epoch, idx + 1, bad_this_epoch)
     averages = meters_mean_over_ranks(meters, t.device)
     bad = sum_counts_over_ranks(bad_this_epoch)
     merge_counts(t.state.bad_data, bad)
-    logger.info(f'epoch {epoch} done in {datetime.timedelta(seconds=int(time.time() - start))}: '
+    resumed = f' (batches {start_batch + 1}..{t.steps_per_epoch}: resumed mid-epoch)' if start_batch else ''
+    logger.info(f'epoch {epoch} done in {datetime.timedelta(seconds=int(time.time() - start))}{resumed}: '
                 + ' '.join(f'{k} {v:.4f}' for k, v in averages.items()))
     logger.info(f'bad training data in epoch {epoch}: {format_counts(bad)}; '
                 f'whole run: {format_counts(t.state.bad_data)}')
