@@ -6,6 +6,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -88,8 +89,9 @@ def test_dist_mn_launch_two_nodes_on_localhost(job):
     assert rank_files(job, 2) == [f"2 3 {job['cfg']} None"] * 2
 
 
-def test_slurm_train_sets_rendezvous_from_slurm_variables(job, tmp_path):
-    """Stub srun runs the step once per node with SLURM_* set; stub scontrol resolves the node list."""
+def slurm_stubs(tmp_path, job):
+    """Stub srun runs the step once per node with SLURM_* set, each node in a session of its own (its pid listed in
+    $STEP_PIDS); stub scontrol resolves the node list and logs requeues. -> env for slurm_train.sh"""
     bin_dir = tmp_path / 'bin'
     bin_dir.mkdir()
     stubs = {
@@ -97,17 +99,27 @@ def test_slurm_train_sets_rendezvous_from_slurm_variables(job, tmp_path):
 echo "$@" > "$SRUN_LOG"
 while [[ $1 == -* ]]; do [[ $1 == --nodes=* ]] && nodes=${1#--nodes=}; shift; done
 for ((i = 0; i < nodes; i++)); do
-    SLURM_NODEID=$i SLURM_NNODES=$nodes SLURM_JOB_NODELIST='node[01-02]' SLURM_JOB_ID=4321 "$@" &
+    SLURM_NODEID=$i SLURM_NNODES=$nodes SLURM_JOB_NODELIST='node[01-02]' SLURM_JOB_ID=4321 setsid "$@" &
+    echo $! >> "$STEP_PIDS"
 done
-status=0; for p in $(jobs -p); do wait "$p" || status=1; done; exit $status
+status=0; for p in $(jobs -p); do wait "$p" || status=$?; done; exit $status
 """,
-        'scontrol': '#!/usr/bin/env bash\n[[ "$1 $2 $3" == "show hostnames node[01-02]" ]] && printf "127.0.0.1\\nx\\n"\n',
+        'scontrol': """#!/usr/bin/env bash
+[[ "$1 $2 $3" == "show hostnames node[01-02]" ]] && printf "127.0.0.1\\nx\\n"
+[[ $1 == requeue ]] && echo "$@" >> "$SCONTROL_LOG"
+exit 0
+""",
     }
     for name, text in stubs.items():
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(stat.S_IRWXU)
-    env = dict(job['env'], PATH=f"{bin_dir}:{os.environ['PATH']}", SRUN_LOG=str(tmp_path / 'srun.log'),
-               SRUN_ARGS='--time=00:05:00 --qos=test')
+    return dict(job['env'], PATH=f"{bin_dir}:{os.environ['PATH']}", SRUN_LOG=str(tmp_path / 'srun.log'),
+                SCONTROL_LOG=str(tmp_path / 'scontrol.log'), STEP_PIDS=str(tmp_path / 'steps.txt'),
+                SRUN_ARGS='--time=00:05:00 --qos=test')
+
+
+def test_slurm_train_sets_rendezvous_from_slurm_variables(job, tmp_path):
+    env = slurm_stubs(tmp_path, job)
     cmd = [os.path.join(TOOLS, 'slurm_train.sh'), job['script'], job['cfg'], '2', '1', 'debug', '--out', str(job['out'])]
     [(rc, output)] = finish([start(cmd, env)])
     assert rc == 0, output
@@ -115,6 +127,46 @@ status=0; for p in $(jobs -p); do wait "$p" || status=1; done; exit $status
     srun_args = (tmp_path / 'srun.log').read_text().split()
     for flag in ('--partition=debug', '--nodes=2', '--ntasks-per-node=1', '--gres=gpu:1', '--time=00:05:00'):
         assert flag in srun_args
+    assert not (tmp_path / 'scontrol.log').exists()
+
+
+# a worker that waits for a preemption signal, then leaves as main_pg_seg.py does after its checkpoint
+PREEMPTIBLE = """
+import argparse, os, sys, time
+p = argparse.ArgumentParser()
+p.add_argument('--cfg'); p.add_argument('--out')
+a = p.parse_args()
+sys.path.insert(0, {repo!r})
+from utils.signals import PreemptionSignals, exit_preempted
+signals = PreemptionSignals().install()
+open(os.path.join(a.out, f"ready{{os.environ['RANK']}}"), 'w').close()
+while signals.received is None:
+    time.sleep(0.05)
+open(os.path.join(a.out, f"got{{os.environ['RANK']}}"), 'w').write(signals.received)
+exit_preempted()
+"""
+
+
+def test_slurm_train_requeues_a_job_stopped_by_a_preemption_signal(job, tmp_path):
+    """SIGUSR1 to every process of both nodes' steps, as SLURM's --signal=USR1@<seconds> does: torchrun lives on,
+    the workers stop with status 3, node 0 requeues the job, and every step exits 3."""
+    script = tmp_path / 'preemptible.py'
+    script.write_text(PREEMPTIBLE.format(repo=REPO))
+    env = slurm_stubs(tmp_path, job)
+    cmd = [os.path.join(TOOLS, 'slurm_train.sh'), str(script), job['cfg'], '2', '1', 'debug', '--out', str(job['out'])]
+    proc = start(cmd, env)
+    deadline = time.time() + 120
+    while not all((job['out'] / f'ready{r}').exists() for r in range(2)):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read() if proc.poll() is not None else ''
+        time.sleep(0.1)
+    for step in (tmp_path / 'steps.txt').read_text().split():
+        os.killpg(int(step), signal.SIGUSR1)
+    [(rc, output)] = finish([proc])
+    assert rc == 3, output
+    assert [(job['out'] / f'got{r}').read_text() for r in range(2)] == ['SIGUSR1', 'SIGUSR1']
+    assert (tmp_path / 'scontrol.log').read_text() == 'requeue 4321\n'
+    assert 'requeued job 4321: it resumes from the checkpoint just written' in output
+    assert output.count('preempted: the workers wrote a checkpoint and stopped; exit status 3') == 2
 
 
 def test_dist_launch_trains_main_pg_seg_on_cpu(job, tmp_path):

@@ -41,8 +41,32 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# how long torchrun lets its workers finish a step and write a checkpoint after it got SIGTERM, before SIGKILL
+export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-120}
 
-exec "$PYTHON" -m torch.distributed.run \
+# Preemption (utils/signals.py): the workers stop on SIGTERM/SIGUSR1 after a checkpoint and create this file;
+# torchrun exits 1 whatever their statuses, so the file is what turns into exit status 3 here.
+PREEMPTED=3
+export PGSEG_PREEMPTED_MARKER
+PGSEG_PREEMPTED_MARKER=$(mktemp -u "${TMPDIR:-/tmp}/pgseg-preempted.XXXXXXXX")
+# SLURM signals every process of the step: torchrun must not die of SIGUSR1 (it ignores what it inherits ignored)
+trap '' USR1
+"$PYTHON" -m torch.distributed.run \
     --nnodes="$NNODES" --node_rank="$NODE_RANK" --nproc_per_node="$NPROC_PER_NODE" \
     --master_addr="$MASTER_ADDR" --master_port="${PORT:-29500}" \
-    "$SCRIPT" --cfg "$CONFIG" "${@:7}"
+    "$SCRIPT" --cfg "$CONFIG" "${@:7}" &
+LAUNCHER=$!
+# a signal sent to this script alone goes to the workers (not to torchrun: a second SIGTERM cuts its grace period)
+trap 'pkill -TERM -P "$LAUNCHER" || true' TERM
+trap 'pkill -USR1 -P "$LAUNCHER" || true' USR1
+status=0
+while true; do
+    wait "$LAUNCHER" && status=0 || status=$?
+    kill -0 "$LAUNCHER" 2>/dev/null || break  # wait returned for a trapped signal: torchrun still runs
+done
+if [[ -e $PGSEG_PREEMPTED_MARKER ]]; then
+    rm -f "$PGSEG_PREEMPTED_MARKER"
+    echo "preempted: the workers wrote a checkpoint and stopped; exit status $PREEMPTED (the same command resumes)" >&2
+    exit $PREEMPTED
+fi
+exit "$status"

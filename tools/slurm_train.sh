@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # SLURM training: one srun task per node, each running tools/dist_mn_launch.sh with the node rank,
 # node count and master address taken from SLURM's variables. Works from a login node (srun allocates)
-# and inside an sbatch/salloc allocation.
+# and inside an sbatch/salloc allocation. A run stopped by a preemption signal (exit status 3, after a checkpoint) is
+# requeued with `scontrol requeue`; the requeued job resumes where it stopped.
 set -euo pipefail
 
 usage() {
@@ -51,5 +52,18 @@ for var in SLURM_NODEID SLURM_NNODES SLURM_JOB_NODELIST SLURM_JOB_ID; do
 done
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | awk 'NR == 1')
 export PORT=${PORT:-$((20000 + SLURM_JOB_ID % 10000))}
-exec "$HERE/dist_mn_launch.sh" "$SCRIPT" "$CONFIG" "$SLURM_NODEID" "$SLURM_NNODES" "$GPUS_PER_NODE" \
-    "$MASTER_ADDR" "${@:6}"
+PREEMPTED=3
+# SLURM signals every process of the step before killing it; this script must live on to requeue the job
+trap ':' TERM USR1
+status=0
+"$HERE/dist_mn_launch.sh" "$SCRIPT" "$CONFIG" "$SLURM_NODEID" "$SLURM_NNODES" "$GPUS_PER_NODE" \
+    "$MASTER_ADDR" "${@:6}" || status=$?
+if (( status == PREEMPTED && SLURM_NODEID == 0 )); then
+    if scontrol requeue "$SLURM_JOB_ID"; then
+        echo "requeued job $SLURM_JOB_ID: it resumes from the checkpoint just written" >&2
+    else
+        echo "error: could not requeue job $SLURM_JOB_ID (a batch job submitted with sbatch --requeue can be);" \
+            "run the same command again to resume" >&2
+    fi
+fi
+exit "$status"
