@@ -179,6 +179,7 @@ def test_sigkill_then_same_command_resumes_and_finishes(worlds):
     newest = max(int(p.rsplit('_', 1)[1]) for p in killed_after)
     assert f'resuming from {os.path.join(run_dir(output), f"ckpt_epoch_{newest}")}' in restart
     assert f'resumed at epoch {newest + 1}, step {8 * (newest + 1)}' in restart
+    assert 'WARNING took over' in restart and 'which is no longer running' in restart  # the killed run's run.lock
     assert f'training epochs {newest + 1}..2' in restart
     assert re.findall(r'Train \[2/3\]\[8/8\] step (\d+)', restart) == ['24']
     assert is_complete(os.path.join(run_dir(output), 'ckpt_epoch_2'))
