@@ -150,7 +150,7 @@ def main(argv=None):
     rank = get_rank()
     setup_logger(None, rank)
     logger = get_logger()
-    lock = None
+    lock = preemption = None
     try:
         cfg = get_config(args)
         if args.init:
@@ -194,6 +194,8 @@ def main(argv=None):
     finally:
         if lock is not None:
             lock.release()
+        if preemption is not None:
+            preemption.restore()
     close_distributed()
 
 

@@ -400,15 +400,15 @@ def test_a_preemption_signal_stops_after_the_step_with_a_step_checkpoint(tmp_pat
                 os.kill(os.getpid(), signal.SIGUSR1)
             yield {'image': torch.zeros(2, 1), 'text': torch.tensor([1.0, 1.0])}
     trainer.batches = batches_signalling_at_the_second()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGUSR1)}
+    before = signal.getsignal(signal.SIGUSR1)
+    trainer.preemption = PreemptionSignals().install()
     try:
-        trainer.preemption = PreemptionSignals().install()
         with pytest.raises(Preempted, match=r'stopping on SIGUSR1 after step 2 \(epoch 1, batch 2\): the same '
                                             r'command resumes from .*ckpt_step_2'):
             train_one_epoch(trainer, 1)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        trainer.preemption.restore()
+    assert signal.getsignal(signal.SIGUSR1) is before
     state = load_checkpoint(tmp_path / 'ckpt_step_2')
     assert state['data_position']['batches'] == 2 and trainer.state.step == 2
     assert torch.equal(state['model']['w'], trainer.model.w.detach())

@@ -28,15 +28,22 @@ PARENT_POLL_SECONDS = 1.0
 
 
 class PreemptionSignals:
-    """Records the first SIGTERM / SIGUSR1 instead of dying of it; `received` is its name (None before)."""
+    """Records the first SIGTERM / SIGUSR1 instead of dying of it; `received` is its name (None before).
+    `restore` puts back the handlers that `install` replaced (main() may run inside another program)."""
 
     def __init__(self):
         self.received: Optional[str] = None
+        self.previous = {}
 
     def install(self) -> 'PreemptionSignals':
         for sig in PREEMPTION_SIGNALS:
-            signal.signal(sig, self._record)
+            self.previous[sig] = signal.signal(sig, self._record)
         return self
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
     def _record(self, signum, frame):
         if self.received is None:
