@@ -1,6 +1,7 @@
 from .captions import build_text_transform
 from .imagenet import build_class_tokens, get_templates, imagenet_classes, template_sets, val_class_names
 from .shards import ShardConfigError, build_train_data, build_val_loader, format_counts, merge_counts
+from .superpixels import superpixel_patch_labels  # noqa: F401  (SegCLIP's superpixel labels)
 from .tokenizer import tokenize
 from .transforms import build_img_transform
 

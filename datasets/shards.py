@@ -231,7 +231,8 @@ def val_assignment(shards: List[str], rank: int, world: int, worker: int, worker
 
 
 class TrainStream(torch.utils.data.IterableDataset):
-    """Infinite, shuffled stream of batches {'image': [B,3,H,W], 'text': [B,77] or [B,1+k,77], 'bad': counts}."""
+    """Infinite, shuffled stream of batches {'image': [B,3,H,W], 'text': [B,77] or [B,1+k,77], 'bad': counts}, plus
+    the other tensors of a dict-returning image transform (e.g. 'seg_labels': [B,h,w] with superpixels)."""
 
     def __init__(self, owner: Dict[str, str], batch_size: int, img_transform: Callable, text_transform: Callable,
                  shuffle_buffer: int, seed: int, rank: int, world: int = 1, shard_sampling: str = 'resampled'):
@@ -308,8 +309,16 @@ class TrainStream(torch.utils.data.IterableDataset):
         stream = self.decoded(shuffled(self.samples(counter), self.shuffle_buffer, rng), counter)
         while True:
             items = [next(stream) for _ in range(self.batch_size)]
-            yield {'image': torch.stack([i for i, _ in items]), 'text': torch.stack([t for _, t in items]),
+            yield {**stack_views([i for i, _ in items]), 'text': torch.stack([t for _, t in items]),
                    'bad': counter.take()}
+
+
+def stack_views(views: List) -> Dict[str, torch.Tensor]:
+    """Image transform outputs of a batch -> {'image': [B, ...]}, or, for transforms that return a dict (e.g.
+    {'image', 'seg_labels'}), every key stacked; the trainer passes each to the method's forward_train by name."""
+    if isinstance(views[0], dict):
+        return {key: torch.stack([v[key] for v in views]) for key in views[0]}
+    return {'image': torch.stack(views)}
 
 
 def shuffled(samples: Iterator[dict], bufsize: int, rng: random.Random, initial: int = 100) -> Iterator[dict]:
