@@ -15,6 +15,7 @@ from models.segclip.mae import patchify, random_masking
 from models.segclip.model import ImageOutputs
 from models.segclip.semantic import CenterAssignment, CenterAttentionBlock
 from models.superpixel_kl import superpixel_kl_loss
+from utils.checkpoint import load_weights
 from utils.optim import build_optimizer
 from utils.scheduler import build_scheduler, scale_lr
 
@@ -280,3 +281,13 @@ def test_initialises_from_an_openai_clip_file(tmp_path):
                              'clip.visual.transformer.reconstruct_layer2.', 'vis_mae_decoder.')) for n in new_tensors)
     with pytest.raises(ValueError, match='first_stage_layer must be between 1 and 2'):
         build_model(dict(type='SegCLIP', clip_model=arch, first_stage_layer=3))
+
+
+def test_a_flat_state_dict_file_like_segclip_bin_loads_strictly(tmp_path):
+    model = build_tiny('segclip', seed=1)
+    path = tmp_path / 'segclip.bin'
+    torch.save(model.state_dict(), path)  # the release: a flat torch.save state dict with no prefix
+    fresh = build_tiny('segclip', seed=2)
+    assert load_weights(fresh, str(path)) == ([], [])
+    for (name, value), loaded in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(value, loaded), name
