@@ -15,7 +15,8 @@ Trainer:
   Parameters with requires_grad False when the trainer starts are frozen and never reach the optimizer.
 
 Encoders:
-  tokenize(texts) -> token ids [N, L] for this method's text encoder.
+  tokenize(texts) -> token ids [N, L] for this method's text encoder, or a dict of such tensors (BERT's input_ids and
+      attention_mask); generic code handles both through `map_tokens`.
   encode_image(image [B, 3, H, W]) -> [B, C]; encode_text(tokens [B, L]) -> [B, C] (both unnormalised).
   build_text_embedding(tokens [N, T, L]) -> [N, C]: one L2-normalised embedding per class from T prompts.
 
@@ -27,7 +28,7 @@ Zero-shot segmentation (per crop; the mmseg segmentor does the windows and the r
       without groups; `options` as for zero_shot_logits.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -44,6 +45,15 @@ class GroupView:
     maps: List[torch.Tensor]
     affinity: torch.Tensor
     background_threshold: float
+
+
+Tokens = Union[torch.Tensor, Dict[str, torch.Tensor]]
+
+
+def map_tokens(fn: Callable[[torch.Tensor], torch.Tensor], tokens: Tokens) -> Tokens:
+    """`fn` applied to token ids [..., L], or to every tensor of named tokens (e.g. BERT's {'input_ids',
+    'attention_mask'}): how generic code reshapes, slices and moves the tokens of any method."""
+    return {name: fn(value) for name, value in tokens.items()} if isinstance(tokens, dict) else fn(tokens)
 
 
 def training_loss(terms: Dict[str, torch.Tensor]) -> torch.Tensor:
