@@ -10,9 +10,14 @@ Trainer:
   forward_train(image, text, **inputs) -> {name: scalar}: every key that contains 'loss' is summed and trained;
       any other key is logged only. `inputs` are the other tensors of the training batch (e.g. superpixel labels).
   find_unused_parameters: DDP's policy (True when some parameters get no gradient in some steps).
+  train_sample_transform(data_cfg, img_transform): how a shard sample becomes the batch's named tensors (None: the
+      image and the caption tokens of data.img_aug / data.text_aug).
   begin_step(step): called before the micro-batches of optimizer step `step` (training phases, e.g. what is frozen).
   end_step(step): called after that optimizer step (momentum encoders, clamps).
   Parameters with requires_grad False when the trainer starts are frozen and never reach the optimizer.
+
+Checkpoints:
+  adapt_checkpoint(state_dict) -> state_dict: a method's own rules for published names (load_weights applies it).
 
 Encoders:
   tokenize(texts) -> token ids [N, L] for this method's text encoder, or a dict of such tensors (BERT's input_ids and
@@ -85,6 +90,18 @@ class SegmentationMethod(nn.Module):
 
     def forward_train(self, image: torch.Tensor, text: torch.Tensor, **inputs) -> Dict[str, torch.Tensor]:
         raise NotImplementedError(f'{type(self).__name__} cannot be trained')
+
+    def train_sample_transform(self, data_cfg, img_transform: Callable) -> Optional[Callable]:
+        """None (default): a training sample is data.img_aug's image tensor and data.text_aug's caption tokens
+        ('image', 'text'). A method that trains on more returns a callable (raw shard sample {extension: bytes,
+        '__url__', '__key__'}, decoded RGB image, caption) -> {name: tensor or dict of tensors} whose names reach
+        forward_train; it may raise datasets.shards.BadSample to skip (and count) a sample."""
+        return None
+
+    def adapt_checkpoint(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """A published or older checkpoint's weights in this method's names (utils.checkpoint.load_weights calls it
+        before matching names); unchanged by default."""
+        return state_dict
 
     def begin_step(self, step: int) -> None:
         """Before the micro-batches of optimizer step `step`; nothing by default."""

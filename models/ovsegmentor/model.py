@@ -43,6 +43,9 @@ class OVSegmentor(MultiLabelContrastive):
     entity_mask_padding: false (published) lets padded question positions into the entity head's self-attention.
     project_text_tokens: true (published) also runs the text projector over every token of each training text
         (the result is unused; its batch statistics move the projector's running means and variances).
+    question_strip_chars: stripped from both ends of each caption word before entity matching; the published "'s"
+        strips the characters ' and s, so entities that begin or end with s ('bus', 'sheep', 'sofa') are never
+        masked ("'" strips apostrophes only).
     """
 
     # the entity head's `assign` and `logit_scale_mask` never get gradients, nor does a frozen BERT
@@ -52,7 +55,7 @@ class OVSegmentor(MultiLabelContrastive):
                  multi_label=0, share_temperature=False, multi_label_loss_weight=1.0, use_entityloss=False,
                  entity_weight=1.0, cross_layers=1, use_maskloss=False, maskloss_weight=0.1, cost_type='L2',
                  cross_threshold=0.6, group_ratio=0.5, momentum=0.99, entity_mask_padding=False,
-                 project_text_tokens=True):
+                 project_text_tokens=True, question_strip_chars="'s"):
         if multi_label:
             raise ValueError(f'OVSegmentor trains without multi-label prompts: model.multi_label must be 0, got '
                              f'{multi_label}')
@@ -70,6 +73,7 @@ class OVSegmentor(MultiLabelContrastive):
         self.group_ratio = group_ratio
         self.momentum = momentum
         self.project_text_tokens = project_text_tokens
+        self.question_strip_chars = question_strip_chars
         if use_entityloss:
             img_width, text_width = self.img_encoder.width, self.text_encoder.width
             width = min(img_width, text_width)
@@ -207,6 +211,17 @@ class OVSegmentor(MultiLabelContrastive):
         return terms
 
     # ---------------------------------------------------------------- training hooks and checkpoints
+
+    def train_sample_transform(self, data_cfg, img_transform):
+        """Training samples with BERT tokens, masked questions and answers (use_entityloss) and cross images
+        (use_maskloss); entities from data.text_aug.word_vocab (null: the published 100 words). See data.py."""
+        from .data import EntityVocabulary, OVSegmentorSample
+        if self.text_encoder.pretrained_path is None:
+            raise ValueError('training OVSegmentor needs model.text_encoder.pretrained_path (its vocabulary)')
+        vocabulary = EntityVocabulary.from_config(data_cfg.text_aug.get('word_vocab'))
+        return OVSegmentorSample(img_transform, self.text_encoder.pretrained_path, self.context_length, vocabulary,
+                                 questions=self.use_entityloss, cross_images=self.use_maskloss,
+                                 strip_chars=self.question_strip_chars)
 
     @torch.no_grad()
     def end_step(self, step: int) -> None:
