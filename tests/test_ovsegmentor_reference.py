@@ -98,12 +98,12 @@ def our_outputs(model, weights, dtype) -> dict:
     x, crop = cast(inputs), crop.to(dtype)
     out = {}
     with torch.no_grad():
-        enc = model.encode_image(x['image'], return_feat=True, as_dict=True)
-        out['image_x'], out['image_feat'] = enc['image_x'], enc['image_feat']
+        # one encoder pass gives encode_image's outputs and the attention dicts of img_encoder(return_attn=True)
+        parts = model.encode_image_parts(x['image'], model.img_encoder)
+        out['image_x'], out['image_feat'] = parts['image_x'], parts['image_feat']
         out['text_x'] = model.encode_text(x['text'])
-        attn = model.img_encoder(x['image'], return_attn=True, as_dict=True)['attn_dicts'][0]
         for key in ('soft', 'hard', 'q', 'k'):
-            out[f'attn0_{key}'] = attn[key]
+            out[f'attn0_{key}'] = parts['attn_dicts'][0][key]
         classes = model.build_text_embedding({k: v.view(3, 2, -1) for k, v in class_tokens.items()})
         out['class_embedding'] = classes
         crop_attn = model.img_encoder(crop, return_attn=True, as_dict=True)['attn_dicts']
