@@ -14,7 +14,7 @@ DATA = Path(__file__).parent / 'data'
 REFERENCE = torch.load(DATA / 'ovsegmentor_reference.pt', weights_only=True)
 STAGE2 = Path(__file__).parents[1] / 'configs' / 'ovsegmentor' / 'ovsegmentor_pretrain_vit_bert_stage2.yml'
 POSITION_IDS = 'text_encoder.transformer.embeddings.position_ids'
-TOLERANCE = {'float32': 2e-4, 'float64': 1e-9}
+TOLERANCE = {'float32': 1e-5, 'float64': 1e-12}  # measured: outputs equal; gradients 1e-6 and 5e-15
 
 
 def reference_inputs(seed: int = 3, batch: int = 2, length: int = 77):
