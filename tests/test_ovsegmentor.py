@@ -313,7 +313,7 @@ def test_questions_and_answers():
                                            rng=random.Random(0))
     # "'s" is stripped as characters: 'sits' -> 'it', 'bus' -> 'bu' (never masked); 'cats.' -> cat
     assert question == 'A [MASK] [MASK] it on a bu near two [MASK]'
-    from datasets.imagenet import full_templates
+    from datasets.templates import full_templates
     prefixes = {t.split('{}')[0] for t in full_templates()}
     assert any(answer == p + 'people and dog and cat' for p in prefixes), answer
     question, answer = question_and_answer("A man's dog sits on a bus.", vocabulary, strip_chars="'",

@@ -105,7 +105,7 @@ def question_and_answer(caption: str, vocabulary: EntityVocabulary, strip_chars:
     strip_chars: what is stripped from both ends of every word first; the published "'s" strips the characters '
     and s, so words that begin or end with s ('bus', 'sheep', 'sofa', 'skis') are never masked.
     """
-    from datasets.imagenet import full_templates
+    from datasets.templates import full_templates
     question, entities = [], []
     for word in caption.split(' '):
         word = word.strip(strip_chars).strip(' ').strip('\n')
