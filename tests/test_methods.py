@@ -6,11 +6,12 @@ from omegaconf import OmegaConf
 
 import segmentation  # noqa: F401  (makes mmcv.ops importable before mmseg)
 from conftest import METHOD_CONFIGS, build_tiny, tiny_config
-from datasets import tokenize
 from models import MODELS, SegmentationMethod, training_loss
 from models.groupvit.model import MultiLabelContrastive
-from segmentation.evaluation import ZeroShotSegmentor, class_text_embedding, zero_shot_logits
+from datasets.templates import get_templates
+from segmentation.evaluation import ZeroShotSegmentor, zero_shot_logits
 from utils.checkpoint import load_weights, save_checkpoint
+from utils.zero_shot import class_embeddings
 
 CLASS_NAMES = ['cat', 'dog', 'grass', 'sky', 'a red car']
 TEST_CFG = dict(mode='slide', crop_size=(32, 32), stride=(16, 16), crop_batch=4, bg_thresh=0.5, top_k=3)
@@ -31,21 +32,18 @@ def image_size(name):
 
 
 def training_inputs(model, name, batch=2):
-    """The batch the training pipeline of the tiny config gives: image, text (tokens of data.text_aug.max_seq_len),
-    and 'seg_labels' [B, h, w] when the config asks for superpixels."""
+    """image and text, and 'seg_labels' [B, h, w] when the config asks the data pipeline for superpixels."""
     cfg = tiny_config(name)
     size = image_size(name)
     captions = ['a dog on grass', 'a red car under the sky', 'two cats', 'a cat and a dog'][:batch]
-    text = tokenize(captions, context_length=int(cfg.data.text_aug.max_seq_len))
+    text = model.tokenize(captions)
     multi_label = int(cfg.data.text_aug.multi_label)
     if multi_label:
-        prompts = tokenize([f'a photo of a {w}.' for w in CLASS_NAMES[:multi_label]],
-                           context_length=int(cfg.data.text_aug.max_seq_len))
+        prompts = model.tokenize([f'a photo of a {w}.' for w in CLASS_NAMES[:multi_label]])
         text = torch.cat([text[:, None], prompts[None].expand(batch, -1, -1)], dim=1)
     inputs = {'image': torch.randn(batch, 3, size, size), 'text': text}
-    superpixels = cfg.data.img_aug.superpixels
-    if superpixels.enabled:
-        grid = size // int(superpixels.patch_size)
+    if OmegaConf.select(cfg, 'data.img_aug.superpixels.enabled', default=False):
+        grid = size // int(cfg.data.img_aug.superpixels.patch_size)
         inputs['seg_labels'] = torch.randint(0, 3, (batch, grid, grid), generator=torch.Generator().manual_seed(0))
     return inputs
 
@@ -61,8 +59,8 @@ def test_encoders_and_class_embeddings(method_name):
     with torch.no_grad():
         image_x = model.encode_image(torch.randn(2, 3, size, size))
         text_x = model.encode_text(model.tokenize(['a cat', 'a dog', 'grass']))
-        classes = class_text_embedding(model, CLASS_NAMES, 'subset')
-        other = class_text_embedding(model, list(reversed(CLASS_NAMES)), 'subset')
+        classes = class_embeddings(model, CLASS_NAMES, get_templates('subset'))
+        other = class_embeddings(model, list(reversed(CLASS_NAMES)), get_templates('subset'))
     assert image_x.shape[0] == 2 and text_x.shape[0] == 3 and image_x.shape[1] == text_x.shape[1]
     assert classes.shape == (len(CLASS_NAMES), text_x.shape[1])
     torch.testing.assert_close(classes.norm(dim=-1), torch.ones(len(CLASS_NAMES)))
@@ -107,7 +105,7 @@ def test_segmentor_slide_and_zero_shot_logits(method_name):
     model = build_tiny(method_name).eval()
     size = image_size(method_name)
     with torch.no_grad():
-        text = class_text_embedding(model, CLASS_NAMES, 'simple')
+        text = class_embeddings(model, CLASS_NAMES, get_templates('simple'))
         crop = torch.randn(2, 3, size, size)
         with_bg = zero_shot_logits(model, crop, text, True, 0.5, top_k=3)
         without = zero_shot_logits(model, crop, text, False, 0.5, top_k=3)

@@ -103,13 +103,13 @@ def test_the_training_batches_carry_seg_labels(tmp_path):
                                                   'train': ['toy']}})
     train = build_train_data(data, build_img_transform(True, data.img_aug),
                              build_text_transform(True, data.text_aug, tokenize), rank=0, world=1, seed=0)
-    batch = next(iter(train.loader))
+    batch = next(iter(train))
     assert batch['image'].shape == (4, 3, 32, 32) and batch['text'].shape == (4, 32)
     assert batch['seg_labels'].shape == (4, 4, 4) and batch['seg_labels'].dtype == torch.int64
     plain = OmegaConf.merge(data, {'img_aug': {'superpixels': {'enabled': False}}})
     assert 'seg_labels' not in next(iter(build_train_data(plain, build_img_transform(True, plain.img_aug),
                                                           build_text_transform(True, plain.text_aug, tokenize),
-                                                          rank=0, world=1, seed=0).loader))
+                                                          rank=0, world=1, seed=0)))
 
 
 @pytest.mark.parametrize('name', ['groupvit', 'pgseg'])
