@@ -53,6 +53,7 @@ class CenterAttentionBlock(nn.Module):
         q = centers.transpose(0, 1)
 
         def seq_first(k):
+            # published quirk (per_sample False): [B, S, C] keys read as a sequence-first [S, B, C] tensor
             return k.transpose(0, 1) if per_sample else k.reshape(S, B, C)
         # ln_k is applied twice, as published: two key tensors take the attention's three-projection path
         q = q + self.attn(self.ln_x(q), seq_first(self.ln_k(keys)), seq_first(self.ln_k(keys)),
