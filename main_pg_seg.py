@@ -71,8 +71,9 @@ def train(cfg, model, device, precision, preemption):
     accum = accumulation(cfg.train)
     logger.info(f'batch {cfg.data.batch_size} per process x {world} processes x {accum} accumulation steps: '
                 + lrs.describe())
-    data = build_train_data(cfg.data, build_img_transform(True, cfg.data.img_aug),
-                            build_text_transform(True, cfg.data.text_aug, tokenize), rank, world, int(cfg.data.seed))
+    img_transform = build_img_transform(True, cfg.data.img_aug)
+    data = build_train_data(cfg.data, img_transform, build_text_transform(True, cfg.data.text_aug, tokenize), rank,
+                            world, int(cfg.data.seed), model.train_sample_transform(cfg.data, img_transform))
     missing = describe_shards(data.shard_report)
     if missing:
         logger.warning(f'missing training shards: {missing}')

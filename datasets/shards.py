@@ -249,11 +249,27 @@ def val_assignment(shards: List[str], rank: int, world: int, worker: int, worker
     return mine, mod * workers, rem + mod * worker
 
 
+def stack_samples(items: list):
+    """Per-sample tensors, or dicts of them (nested), -> one batch: tensors stacked along a new first dim."""
+    if isinstance(items[0], dict):
+        return {key: stack_samples([item[key] for item in items]) for key in items[0]}
+    return torch.stack(items)
+
+
 class TrainStream(torch.utils.data.IterableDataset):
-    """Infinite, shuffled stream of batches {'image': [B,3,H,W], 'text': [B,77] or [B,1+k,77], 'bad': counts}."""
+    """Infinite, shuffled stream of batches {'image': [B,3,H,W], 'text': [B,77] or [B,1+k,77], 'bad': counts}.
+
+    An image transform that returns a dict (e.g. {'image', 'seg_labels'} with data.img_aug.superpixels) puts each of
+    its tensors into the batch under its name.
+    sample_transform: (raw sample {extension: bytes, '__url__', '__key__', ...}, RGB image, caption) -> the sample's
+    named tensors (or dicts of tensors), used instead of the two transforms when a method trains on more than
+    an image and its caption tokens (models.base.SegmentationMethod.train_sample_transform); it may raise
+    BadSample. The batch holds every name it returns.
+    """
 
     def __init__(self, owner: Dict[str, str], batch_size: int, img_transform: Callable, text_transform: Callable,
-                 shuffle_buffer: int, seed: int, rank: int, world: int = 1, shard_sampling: str = 'resampled'):
+                 shuffle_buffer: int, seed: int, rank: int, world: int = 1, shard_sampling: str = 'resampled',
+                 sample_transform: Optional[Callable] = None):
         if shard_sampling not in SHARD_SAMPLING:
             raise ShardConfigError(f'data.shard_sampling must be one of {SHARD_SAMPLING}, got {shard_sampling!r}')
         self.owner = owner
@@ -265,6 +281,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.rank = rank
         self.world = world
         self.shard_sampling = shard_sampling
+        self.sample_transform = sample_transform
         self.start_positions: Dict[int, int] = {}  # loader worker -> raw samples to skip (a resumed epoch)
         self.first_worker = 0  # the worker whose batch comes first; those before it send a placeholder
 
@@ -307,12 +324,17 @@ class TrainStream(torch.utils.data.IterableDataset):
                 raise ShardConfigError(f'no readable sample in any training shard ({len(self.owner)} shards, '
                                        f'e.g. {url}); bad data so far: {format_counts(counter.counts)}')
 
-    def decoded(self, samples: Iterator[dict], counter: BadCounter) -> Iterator[Tuple[torch.Tensor, torch.Tensor, str]]:
+    def decoded(self, samples: Iterator[dict], counter: BadCounter) -> Iterator[Tuple[dict, str]]:
+        """(the sample's named tensors, its key) of every usable sample."""
         bad_in_a_row = 0
         for sample in samples:
             try:
                 img, text = decode_image(sample, counter), decode_caption(sample)
-                item = self.img_transform(img), self.text_transform(text), sample_key(sample)
+                if self.sample_transform is None:
+                    view = self.img_transform(img)
+                    item = {**(view if isinstance(view, dict) else {'image': view}), 'text': self.text_transform(text)}
+                else:
+                    item = self.sample_transform(sample, img, text)
             except BadSample as bad:
                 counter.add(sample['__dataset__'], bad.reason)
                 bad_in_a_row += 1
@@ -321,7 +343,7 @@ class TrainStream(torch.utils.data.IterableDataset):
                                            f'{format_counts(counter.counts)}') from None
                 continue
             bad_in_a_row = 0
-            yield item
+            yield item, sample_key(sample)
 
     def __iter__(self) -> Iterator[dict]:
         """Batches {'image', 'text', 'keys': sample keys, 'bad': counts, 'worker': loader worker,
@@ -340,8 +362,9 @@ class TrainStream(torch.utils.data.IterableDataset):
         stream = self.decoded(raw, counter)
         while True:
             items = [next(stream) for _ in range(self.batch_size)]
-            yield {'image': torch.stack([i for i, _, _ in items]), 'text': torch.stack([t for _, t, _ in items]),
-                   'keys': [k for _, _, k in items], 'bad': counter.take(), 'worker': worker, 'position': raw.taken}
+            batch = stack_samples([item for item, _ in items])
+            batch.update(keys=[key for _, key in items], bad=counter.take(), worker=worker, position=raw.taken)
+            yield batch
 
 
 def sample_key(sample: dict) -> str:
@@ -503,12 +526,12 @@ class TrainData:
 
 
 def build_train_data(data_cfg: DictConfig, img_transform: Callable, text_transform: Callable, rank: int,
-                     world: int, seed: int) -> TrainData:
+                     world: int, seed: int, sample_transform: Optional[Callable] = None) -> TrainData:
     """TrainData over data.dataset.train; raises ShardConfigError for a missing folder or pattern."""
     owner, length, report = collect_shards(data_cfg, 'train')
     stream = TrainStream(owner, int(data_cfg.batch_size), img_transform, text_transform,
                          int(data_cfg.shuffle_buffer), seed, rank, world,
-                         str(OmegaConf.select(data_cfg, 'shard_sampling', default='resampled')))
+                         str(OmegaConf.select(data_cfg, 'shard_sampling', default='resampled')), sample_transform)
     steps = max(1, length // (int(data_cfg.batch_size) * world))
     return TrainData(stream, data_cfg, rank, length, steps, report)
 

@@ -2,7 +2,9 @@
 from .base import GroupView, SegmentationMethod, training_loss
 from .builder import MODELS, build_model
 from .groupvit import GroupViT, MultiLabelContrastive
+from .ovsegmentor import OVSegmentor
 from .pgseg import PGSeg, PGSegContrastive
+from .segclip import SegCLIP  # noqa: F401  (registers SegCLIP)
 from .text_transformer import TextTransformer
 
 __all__ = ['MODELS', 'build_model', 'SegmentationMethod', 'GroupView', 'training_loss', 'MultiLabelContrastive',

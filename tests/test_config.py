@@ -198,3 +198,20 @@ def test_pgseg_encoder_keys_include_the_forwarded_groupvit_arguments():
     assert cfg.model.img_encoder.embed_dim == 192
     with pytest.raises(ConfigError, match=r"unknown key 'model\.img_encoder\.embed_dims' in --opts"):
         get_config(args_for(path, opts=['model.img_encoder.embed_dims=192']))
+
+
+def test_configs_saved_by_earlier_versions_load_without_their_retired_keys(tmp_path, caplog):
+    saved = OmegaConf.load(osp.join(CONFIGS, 'toy', 'groupvit_tiny.yml'))
+    saved.local_rank = 0
+    saved.vis = []
+    saved.checkpoint.freq = 1
+    saved._base_ = osp.join(CONFIGS, 'default.yml')
+    path = tmp_path / 'config.yaml'
+    OmegaConf.save(saved, path)
+    cfg = load_config(str(path))
+    assert 'local_rank' not in cfg and 'vis' not in cfg and 'freq' not in cfg.checkpoint
+    assert "ignoring 'local_rank'" in caplog.text and "ignoring 'checkpoint.freq'" in caplog.text
+    with pytest.raises(ConfigError, match="unknown key 'visual'"):
+        saved.visual = 1
+        OmegaConf.save(saved, path)
+        load_config(str(path))

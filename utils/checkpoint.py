@@ -421,12 +421,16 @@ def _summary(names: List[str], limit: int = 10) -> str:
 def load_weights(model: torch.nn.Module, path: str, strict: bool = True) -> Tuple[List[str], List[str]]:
     """Load the weights of any supported checkpoint into `model`; returns (missing, unexpected) names.
 
-    Keys go through PUBLISHED_KEY_MAP; a `*.pos_embed` [1, h*w, C] for another grid is resized bicubically.
+    Keys go through PUBLISHED_KEY_MAP, then the model's `adapt_checkpoint(state_dict)` when it has one (a method's
+    own published-name rules, e.g. OVSegmentor's evaluation model dropping the training heads); a `*.pos_embed`
+    [1, h*w, C] for another grid is resized bicubically.
     strict=True raises CheckpointError (before changing the model) on any missing, unexpected or mis-shaped name.
     strict=False loads what matches; mis-shaped names are skipped and reported as missing; all are logged.
     """
     path = os.fspath(path)
     weights = map_published_keys(extract_state_dict(read_checkpoint(path), path))
+    if hasattr(model, 'adapt_checkpoint'):
+        weights = model.adapt_checkpoint(weights)
     target = model.state_dict()
     mismatched, mismatched_names = [], set()
     for name, tensor in list(weights.items()):

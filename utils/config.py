@@ -6,6 +6,7 @@ ONE ``ConfigError`` naming the key and the file, with the closest valid key as a
 """
 import difflib
 import inspect
+import logging
 import os
 import os.path as osp
 from functools import lru_cache
@@ -24,6 +25,10 @@ TEMPLATE_KEYS = ('data.text_aug.template_set', 'evaluate.cls.template', 'evaluat
                  'evaluate.seg.template')
 
 
+# keys that earlier versions wrote into saved configs; they were never read by the training
+RETIRED_KEYS = ('local_rank', 'vis', 'checkpoint.freq')
+
+
 class ConfigError(ValueError):
     """A config file or override is unreadable or names a key that does not exist."""
 
@@ -40,11 +45,22 @@ def _read_yaml(path: str) -> DictConfig:
     return cfg
 
 
+def _drop_retired_keys(raw: DictConfig, path: str) -> None:
+    """Configs saved by earlier versions (a run's config.yaml) still name keys that no longer exist: drop them."""
+    for key in RETIRED_KEYS:
+        parent, _, leaf = key.rpartition('.')
+        node = OmegaConf.select(raw, parent, default=None) if parent else raw
+        if isinstance(node, DictConfig) and leaf in node:
+            node.pop(leaf)
+            logging.getLogger(__name__).warning("%s: ignoring '%s', a key this version no longer has", path, key)
+
+
 def _collect_files(path: str, stack: Sequence[str] = ()) -> List[tuple]:
     """-> [(path, raw DictConfig without `_base_`)] in merge order: bases first (recursively), the file last."""
     if osp.abspath(path) in stack:
         raise ConfigError(f'{path}: circular _base_ chain')
     raw = _read_yaml(path)
+    _drop_retired_keys(raw, path)
     bases = raw.pop('_base_', None)
     if bases is None:
         bases = []

@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from datasets.shards import format_counts, merge_counts, sum_counts_over_ranks
-from models.base import training_loss
+from models.base import map_tokens, training_loss
 
 from .distributed import get_world_size, true_on_any_rank, true_on_every_rank
 from .logging import MetricWriter, get_logger
@@ -55,7 +55,10 @@ def all_finite(value: torch.Tensor) -> bool:
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    """The batch's tensors and dicts of tensors (e.g. BERT token dicts) on `device`; other entries are dropped."""
+    return {k: map_tokens(lambda t: t.to(device, non_blocking=True), v) for k, v in batch.items()
+            if isinstance(v, torch.Tensor) or (isinstance(v, dict) and v and all(isinstance(t, torch.Tensor)
+                                                                                 for t in v.values()))}
 
 
 def _forward_backward(t: Trainer, inputs: dict, sync: bool):

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from datasets import format_counts, get_templates, merge_counts, val_class_names
 from datasets.shards import sum_counts_over_ranks
+from models.base import map_tokens
 
 from .distributed import sum_over_ranks
 from .logging import get_logger
@@ -31,7 +32,7 @@ def class_embeddings(model: torch.nn.Module, names: Sequence[str], templates: Se
     for start in range(0, len(names), per_chunk):
         chunk = names[start:start + per_chunk]
         tokens = model.tokenize([t.format(name) for name in chunk for t in templates])
-        parts.append(model.build_text_embedding(tokens.view(len(chunk), len(templates), -1)))
+        parts.append(model.build_text_embedding(map_tokens(lambda t: t.view(len(chunk), len(templates), -1), tokens)))
     return torch.cat(parts)
 
 
