@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from .benchmark import (build_benchmark_dataset, class_names, describe, load_benchmark, prompt_names,
                         select_split)
+from .compact import CompactZeroShotSegmentor
 from .metric import SegIoUMetric
 from .segmentor import ZeroShotSegmentor
 from .text import class_text_embedding
@@ -34,12 +35,14 @@ def benchmark_from_cfg(cfg, overrides=()):
 
 
 def build_segmentor(model, dataset, bench):
-    """Text embeddings of the benchmark's classes, wrapped with the test protocol around `model`."""
+    """Text embeddings of the benchmark's classes, wrapped with the test protocol around `model`
+    (test_cfg.compact_logits: CompactZeroShotSegmentor, the same labels in less memory)."""
     classes, with_bg = class_names(dataset)
     device = next(model.parameters()).device
     text = class_text_embedding(model, prompt_names(bench, classes, with_bg), bench.test_cfg.template)
     preprocessor = SegDataPreProcessor(**{k: v for k, v in bench.data_preprocessor.items() if k != 'type'})
-    return ZeroShotSegmentor(model, text, with_bg, bench.test_cfg, data_preprocessor=preprocessor).to(device)
+    segmentor = CompactZeroShotSegmentor if bench.test_cfg.get('compact_logits') else ZeroShotSegmentor
+    return segmentor(model, text, with_bg, bench.test_cfg, data_preprocessor=preprocessor).to(device)
 
 
 def _loader(dataset, bench):
