@@ -63,7 +63,7 @@ def _predict_background(data):
 def run_benchmark(predict, dataset, bench, *, vis=0, output_dir=None, progress=True, desc='seg'):
     """predict: data batch -> list of SegDataSample with pred_sem_seg -> metrics dict (percent)."""
     classes, with_bg = class_names(dataset)
-    metric = SegIoUMetric(ignore_index=255, collect_device=_collect_device())
+    metric = SegIoUMetric(ignore_index=dataset.ignore_index, collect_device=_collect_device())
     metric.dataset_meta = dataset.metainfo
     sampler, loader = _loader(dataset, bench)
     start, vis_files = time.time(), []
