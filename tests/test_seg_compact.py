@@ -5,13 +5,13 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmseg.structures import SegDataSample
-from test_seg_zero_shot import tiny_model
 
 import segmentation  # noqa: F401
 from benchmarks.timing import peak_memory_mib
 from segmentation.evaluation import ZeroShotSegmentor
 from segmentation.evaluation.compact import CompactLogits, CompactZeroShotSegmentor, GroupCombinations
 from segmentation.evaluation.resize import compact_winning_candidates, resized_argmax, winning_candidates
+from test_seg_zero_shot import tiny_model
 
 BASE_CFG = 'segmentation/configs/_base_/zero_shot.py'
 

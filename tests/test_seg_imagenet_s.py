@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from mmseg.models import SegDataPreProcessor
 from PIL import Image
 
 import main_seg
@@ -199,7 +200,6 @@ def direct_miou(cfg_path, ckpt):
     classes, with_bg = class_names(dataset)
     text = class_text_embedding(model, prompt_names(bench, classes, with_bg), 'simple')
     preprocessor = {k: v for k, v in bench.data_preprocessor.items() if k != 'type'}
-    from mmseg.models import SegDataPreProcessor
     segmentor = ZeroShotSegmentor(model, text, with_bg, bench.test_cfg, SegDataPreProcessor(**preprocessor)).eval()
     num = len(classes)
     confusion = np.zeros((num, num), np.int64)
@@ -229,6 +229,7 @@ def direct_miou(cfg_path, ckpt):
 @pytest.mark.parametrize('kind, version', [('PGSeg', 50), ('GroupViT', 919)])
 def test_main_seg_equals_direct_computation(tmp_path, kind, version):
     cfg_path, ckpt, preset = write_run(tmp_path, kind, version)
+    assert load_benchmark(str(preset)).test_cfg.compact_logits  # main_seg: compact path; direct_miou: dense
     main_seg.main([cfg_path, '--resume', ckpt, '--output', str(tmp_path / 'out')])
     report = json.loads((tmp_path / 'out' / f'seg_{preset.stem}.json').read_text())
     assert report['protocol']['num_classes'] == version + 1 and report['protocol']['bg_thresh'] == 0.11

@@ -9,7 +9,7 @@ dataset = dict(
     type='ImageNetSDataset',
     version=919,
     data_prefix=dict(img_path='validation', seg_map_path='validation-segmentation'),
-    ann_file='')  # '': every *.JPEG under validation/; or a list, e.g. LUSSeg's data/names/ImageNetS_im919_validation.txt
+    ann_file='')  # '': every *.JPEG under validation/; or a list (LUSSeg's data/names/ImageNetS_im919_validation.txt)
 test_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='Resize', scale=(2048, 448), keep_ratio=True),
