@@ -9,7 +9,8 @@ from mmseg.structures import SegDataSample
 import segmentation  # noqa: F401
 from benchmarks.timing import peak_memory_mib
 from segmentation.evaluation import ZeroShotSegmentor
-from segmentation.evaluation.compact import CompactLogits, CompactZeroShotSegmentor, GroupCombinations
+from segmentation.evaluation.compact import (CompactLogits, CompactZeroShotSegmentor, GroupCombinations,
+                                            build_zero_shot_segmentor, labels_at_size)
 from segmentation.evaluation.resize import compact_winning_candidates, resized_argmax, winning_candidates
 from test_seg_zero_shot import tiny_model
 
@@ -75,6 +76,18 @@ def test_padding_is_cut_before_the_resize(text):
     dense = logits.dense()[:, 3:70 - 5, 2:100 - 7]  # left 2, right 7, top 3, bottom 5
     labels = compact.postprocess_result(logits, [sample((300, 500), (70, 100), (2, 7, 3, 5))])[0].pred_sem_seg.data
     assert torch.equal(labels, resized_argmax(dense, (300, 500)))
+
+
+def test_test_cfg_picks_the_segmentor_and_labels_at_size_takes_either_logits(text):
+    model = tiny_model()
+    compact = build_zero_shot_segmentor(model, text, True, protocol(compact_logits=True)).eval()
+    dense = build_zero_shot_segmentor(model, text, True, protocol()).eval()
+    assert type(compact) is CompactZeroShotSegmentor and type(dense) is ZeroShotSegmentor
+    img = torch.randn(1, 3, 64, 90, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        from_compact = labels_at_size(compact.inference(img, metas(64, 90)), (200, 281))
+        from_dense = labels_at_size(dense.inference(img, metas(64, 90))[0], (200, 281))
+    assert from_compact.shape == (1, 200, 281) and torch.equal(from_compact, from_dense)
 
 
 def test_candidates_equal_those_of_the_dense_logits():

@@ -44,9 +44,10 @@ def imagenet_s_classes(version):
     return ('background', *(name_of[wnid] for wnid in imagenet_s_wnids(version)))
 
 
-@DATASETS.register_module()
 class ImageNetSDataset(WideLabelDataset):
-    """ImageNet-S validation images of one version (50, 300 or 919 classes) + background ("other", id 0).
+    """ImageNet-S validation images of one version + background ("other", id 0); the registered subclasses
+    ImageNetS50Dataset, ImageNetS300Dataset and ImageNetS919Dataset fix the version (and so METAINFO's classes,
+    which the demo reads without data).
 
     The images are listed from ``data_prefix.img_path`` (all ``*.JPEG`` below it, sorted) unless ``ann_file``
     names a list: one ``<wnid>/<name>`` a line, or LUSSeg's ``<wnid>/<name>.JPEG <wnid>/<name>.png`` lines
@@ -55,13 +56,8 @@ class ImageNetSDataset(WideLabelDataset):
     METAINFO = dict()
     LABEL_ENCODING = 'rgb'
 
-    def __init__(self, version=919, img_suffix='.JPEG', seg_map_suffix='.png', ignore_index=IMAGENET_S_IGNORE,
-                 metainfo=None, **kwargs):
-        classes = imagenet_s_classes(version)
-        self.version = version
-        metainfo = dict(metainfo or {}, classes=classes)
-        super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, ignore_index=ignore_index,
-                         metainfo=metainfo, **kwargs)
+    def __init__(self, img_suffix='.JPEG', seg_map_suffix='.png', ignore_index=IMAGENET_S_IGNORE, **kwargs):
+        super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, ignore_index=ignore_index, **kwargs)
 
     def load_data_list(self):
         if not self.ann_file or not osp.isfile(self.ann_file):
@@ -84,3 +80,21 @@ class ImageNetSDataset(WideLabelDataset):
                     info['seg_map_path'] = osp.join(ann_dir, mask)
                 data_list.append(info)
         return data_list
+
+
+@DATASETS.register_module()
+class ImageNetS50Dataset(ImageNetSDataset):
+    """ImageNet-S50: 752 validation images, background + 50 classes (ids 1..50 in its masks)."""
+    METAINFO = dict(classes=imagenet_s_classes(50))
+
+
+@DATASETS.register_module()
+class ImageNetS300Dataset(ImageNetSDataset):
+    """ImageNet-S300: 4,097 validation images, background + 300 classes."""
+    METAINFO = dict(classes=imagenet_s_classes(300))
+
+
+@DATASETS.register_module()
+class ImageNetS919Dataset(ImageNetSDataset):
+    """ImageNet-S919 (the full ImageNet-S): 12,419 validation images, background + 919 classes."""
+    METAINFO = dict(classes=imagenet_s_classes(919))

@@ -29,10 +29,8 @@ def lvis_classes():
 @DATASETS.register_module()
 class LVISDataset(WideLabelDataset):
     """LVIS val with PGSeg's class names (index 0 = background); masks read by ``LoadLabelIds(encoding='gray')``."""
-    METAINFO = dict()
+    METAINFO = dict(classes=lvis_classes())
     LABEL_ENCODING = 'gray'
 
-    def __init__(self, img_suffix='.jpg', seg_map_suffix='.png', ignore_index=LVIS_IGNORE, metainfo=None, **kwargs):
-        metainfo = dict(metainfo or {}, classes=lvis_classes())
-        super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, ignore_index=ignore_index,
-                         metainfo=metainfo, **kwargs)
+    def __init__(self, img_suffix='.jpg', seg_map_suffix='.png', ignore_index=LVIS_IGNORE, **kwargs):
+        super().__init__(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix, ignore_index=ignore_index, **kwargs)

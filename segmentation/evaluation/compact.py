@@ -15,7 +15,7 @@ from mmengine.structures import PixelData
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-from .resize import compact_resized_argmax, renumber, used_rows
+from .resize import compact_resized_argmax, renumber, resized_argmax, used_rows
 from .segmentor import ZeroShotSegmentor, slide_windows
 from .zero_shot import encode_crops, group_class_affinity, groupvit_background
 
@@ -138,3 +138,16 @@ class CompactZeroShotSegmentor(ZeroShotSegmentor):
         pred = compact_resized_argmax(code, table, tuple(sample.metainfo['ori_shape']), self.align_corners)
         sample.set_data({'pred_sem_seg': PixelData(data=pred)})
         return data_samples
+
+
+def build_zero_shot_segmentor(model, text_embedding, with_bg, test_cfg, data_preprocessor=None):
+    """CompactZeroShotSegmentor when test_cfg.compact_logits is set, else ZeroShotSegmentor (same arguments)."""
+    segmentor = CompactZeroShotSegmentor if test_cfg.get('compact_logits') else ZeroShotSegmentor
+    return segmentor(model, text_embedding, with_bg, test_cfg, data_preprocessor=data_preprocessor)
+
+
+def labels_at_size(logits, size, align_corners=False):
+    """One image's logits, [C, h, w] or CompactLogits -> [1, H, W] long labels of the logits resized to `size`."""
+    if isinstance(logits, CompactLogits):
+        return compact_resized_argmax(logits.code, logits.table, size, align_corners)
+    return resized_argmax(logits, size, align_corners)

@@ -12,9 +12,8 @@ from tqdm import tqdm
 
 from .benchmark import (build_benchmark_dataset, class_names, describe, load_benchmark, prompt_names,
                         select_split)
-from .compact import CompactZeroShotSegmentor
+from .compact import build_zero_shot_segmentor
 from .metric import SegIoUMetric
-from .segmentor import ZeroShotSegmentor
 from .text import class_text_embedding
 from .vis import save_overlay
 
@@ -41,8 +40,7 @@ def build_segmentor(model, dataset, bench):
     device = next(model.parameters()).device
     text = class_text_embedding(model, prompt_names(bench, classes, with_bg), bench.test_cfg.template)
     preprocessor = SegDataPreProcessor(**{k: v for k, v in bench.data_preprocessor.items() if k != 'type'})
-    segmentor = CompactZeroShotSegmentor if bench.test_cfg.get('compact_logits') else ZeroShotSegmentor
-    return segmentor(model, text, with_bg, bench.test_cfg, data_preprocessor=preprocessor).to(device)
+    return build_zero_shot_segmentor(model, text, with_bg, bench.test_cfg, data_preprocessor=preprocessor).to(device)
 
 
 def _loader(dataset, bench):

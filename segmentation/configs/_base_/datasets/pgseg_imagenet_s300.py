@@ -3,6 +3,6 @@
 # 919 names (by wnid), and the masks use S300's own ids 1..300.
 _base_ = ['./pgseg_imagenet_s919.py']
 data_root = 'local_data/ImageNet-S/ImageNetS300'
-dataset = dict(version=300)
+dataset = dict(type='ImageNetS300Dataset')
 paper = ('PGSeg (NeurIPS 2023) ImageNet-S protocol (repository config imagenet_s.py, written for S919) applied to '
          'ImageNet-S300 val; no published number')

@@ -3,6 +3,6 @@
 # 919 names (by wnid), and the masks use S50's own ids 1..50.
 _base_ = ['./pgseg_imagenet_s919.py']
 data_root = 'local_data/ImageNet-S/ImageNetS50'
-dataset = dict(version=50)
+dataset = dict(type='ImageNetS50Dataset')
 paper = ('PGSeg (NeurIPS 2023) ImageNet-S protocol (repository config imagenet_s.py, written for S919) applied to '
          'ImageNet-S50 val; no published number')

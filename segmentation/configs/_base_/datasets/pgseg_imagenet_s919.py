@@ -6,8 +6,7 @@
 _base_ = ['../zero_shot.py']
 data_root = 'local_data/ImageNet-S/ImageNetS919'
 dataset = dict(
-    type='ImageNetSDataset',
-    version=919,
+    type='ImageNetS919Dataset',
     data_prefix=dict(img_path='validation', seg_map_path='validation-segmentation'),
     ann_file='')  # '': every *.JPEG under validation/; or a list (LUSSeg's data/names/ImageNetS_im919_validation.txt)
 test_pipeline = [
