@@ -86,8 +86,11 @@ def test_test_cfg_picks_the_segmentor_and_labels_at_size_takes_either_logits(tex
     img = torch.randn(1, 3, 64, 90, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         from_compact = labels_at_size(compact.inference(img, metas(64, 90)), (200, 281))
-        from_dense = labels_at_size(dense.inference(img, metas(64, 90))[0], (200, 281))
-    assert from_compact.shape == (1, 200, 281) and torch.equal(from_compact, from_dense)
+        dense_logits = dense.inference(img, metas(64, 90))  # [1, C, h, w]
+    assert from_compact.shape == (1, 200, 281) and torch.equal(from_compact, labels_at_size(dense_logits, (200, 281)))
+    assert torch.equal(from_compact, labels_at_size(dense_logits[0], (200, 281)))
+    with pytest.raises(ValueError, match='one image, got a batch of 2'):
+        labels_at_size(dense_logits.expand(2, -1, -1, -1), (200, 281))
 
 
 def test_candidates_equal_those_of_the_dense_logits():

@@ -147,7 +147,12 @@ def build_zero_shot_segmentor(model, text_embedding, with_bg, test_cfg, data_pre
 
 
 def labels_at_size(logits, size, align_corners=False):
-    """One image's logits, [C, h, w] or CompactLogits -> [1, H, W] long labels of the logits resized to `size`."""
+    """One image's logits as a segmentor's inference returns them ([1, C, h, w], [C, h, w] or CompactLogits) ->
+    [1, H, W] long labels of the logits resized to `size`."""
     if isinstance(logits, CompactLogits):
         return compact_resized_argmax(logits.code, logits.table, size, align_corners)
+    if logits.dim() == 4:
+        if logits.shape[0] != 1:
+            raise ValueError(f'labels_at_size takes one image, got a batch of {logits.shape[0]}')
+        logits = logits[0]
     return resized_argmax(logits, size, align_corners)
