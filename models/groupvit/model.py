@@ -177,6 +177,12 @@ class MultiLabelContrastive(SegmentationMethod):
         return segmentation.segment_crops(self, img, text_embedding, with_bg, bg_thresh, top_k, bg_rule, pamr,
                                           pamr_iters, pamr_dilations, pamr_downsample, amp_dtype)
 
+    def zero_shot_group_rows(self, img, text_embedding, with_bg, bg_thresh, top_k=5, bg_rule='groupvit',
+                             amp_dtype=None, **unused_options):
+        """img: [B, 3, H, W] -> (final group of every pixel [B, H, W], each group's logits [B, G, N (+1)]): what
+        zero_shot_logits gives every pixel of a group without PAMR, for segmentation/evaluation/compact.py."""
+        return segmentation.group_rows(self, img, text_embedding, with_bg, bg_thresh, top_k, bg_rule, amp_dtype)
+
     @torch.no_grad()
     def group_view(self, img, text_embedding, bg_thresh=0.95, top_k=5, bg_rule='groupvit') -> Optional[GroupView]:
         return segmentation.group_view(self, img, text_embedding, bg_thresh, top_k, bg_rule)
