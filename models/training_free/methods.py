@@ -36,6 +36,13 @@ class TrainingFreeCLIP(SegmentationMethod):
     def context_length(self) -> int:
         return self.clip.context_length
 
+    def adapt_checkpoint(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """OpenAI's CLIP names (`visual.conv1.weight`, ...: OpenAI's file given as the checkpoint) -> this method's
+        (`clip.visual.conv1.weight`, ...); the method's own checkpoints pass unchanged."""
+        if any(name.startswith('clip.') for name in state_dict):
+            return state_dict
+        return {f'clip.{name}': value for name, value in state_dict.items()}
+
     @property
     def logit_scale(self) -> torch.Tensor:
         return self.clip.logit_scale
