@@ -158,7 +158,7 @@ def test_batches_and_float32():
 
 def test_text_embedding_normalises_each_prompt_first():
     model = tiny('clearclip')
-    tokens = torch.zeros(2, 3, 77, dtype=torch.long)
+    tokens = torch.zeros(2, 3, model.context_length, dtype=torch.long)
     tokens[:, :, 0], tokens[:, :, 4] = 49406, 49407
     tokens[:, :, 1:4] = torch.randint(300, 40000, (2, 3, 3), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -19,9 +19,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 import yaml
+from mmengine.structures import PixelData
+from mmseg.models.segmentors.base import BaseSegmentor
 
 from models.pamr import PAMR
 
+from ..datasets import SegDataError
 from .segmentor import slide_windows
 
 CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
@@ -163,3 +166,110 @@ def training_free_predict(model, img: torch.Tensor, text_embedding: torch.Tensor
         logits = PAMR(pamr_steps, tuple(pamr_stride)).to(image.device)(image, logits.to(image.dtype))
     scores, pred = training_free_postprocess(model, logits[0], query_idx, logit_scale, prob_thd, area_thd)
     return {'logits': logits[0], 'scores': scores, 'pred': pred}
+
+
+def apply_training_free_protocol(bench) -> None:
+    """A benchmark config whose test_cfg has `training_free` (dict(method, benchmark, + any protocol key)): fill in
+    the protocol, in place, after the overrides are merged: the table's entry for (method, benchmark) under the keys
+    the config sets itself; the Resize of the test pipeline to short side `short_side`; and the generic test_cfg
+    fields the report prints (mode, crop_size, stride, pamr, ...)."""
+    settings = bench.test_cfg.get('training_free')
+    if settings is None:
+        return
+    settings = dict(settings)
+    if settings.get('benchmark'):
+        if not settings.get('method'):
+            raise SegDataError(f"{bench.config_path}: test_cfg.training_free names benchmark "
+                             f"{settings['benchmark']!r} but no method (one of {', '.join(_protocol_tables())})")
+        table = training_free_protocol(settings['method'], settings['benchmark'])
+        settings = {**{k: table[k] for k in PROTOCOL_KEYS}, **{k: v for k, v in settings.items() if v is not None}}
+    missing = [k for k in PROTOCOL_KEYS if k not in settings]
+    if missing:
+        raise SegDataError(f"{bench.config_path}: test_cfg.training_free lacks {', '.join(missing)}")
+    settings['slide_crop'] = settings['slide_crop'] or None
+    if settings['pamr_stride'] is not None:
+        settings['pamr_stride'] = tuple(settings['pamr_stride'])
+    bench.test_cfg.training_free = settings
+    for step in bench.test_pipeline:
+        if step['type'] == 'Resize':
+            step.update(scale=(2048, settings['short_side']), keep_ratio=True)
+    crop, stride = settings['slide_crop'], settings['slide_stride']
+    bench.test_cfg.update(mode='slide' if crop else 'whole', crop_size=(crop, crop) if crop else None,
+                          stride=(stride, stride) if crop else None, pamr=bool(settings['pamr_steps']),
+                          pamr_iters=settings['pamr_steps'], pamr_dilations=settings['pamr_stride'],
+                          pamr_downsample=1, bg_rule='prob_thd', bg_thresh=settings['prob_thd'], top_k=None)
+
+
+class TrainingFreeSegmentor(BaseSegmentor):
+    """mmseg segmentor of the training-free methods: `training_free_predict` per image (the full-image rule at the
+    original size). model: a TrainingFreeCLIP; text_embedding: [Q, C] one row per query name; query_idx: the class
+    of each name; protocol: the keys of PROTOCOL_KEYS."""
+
+    def __init__(self, model, text_embedding, query_idx, protocol, data_preprocessor=None):
+        super().__init__(data_preprocessor=data_preprocessor)
+        self.model = model
+        self.register_buffer('text_embedding', text_embedding)
+        self.query_idx = list(query_idx)
+        self.protocol = dict(protocol)
+        self.num_classes = self.out_channels = max(self.query_idx) + 1
+        self.align_corners = False
+
+    def predict(self, inputs, data_samples=None):
+        """inputs: [B, 3, h, w] normalised images at the protocol's short side -> data_samples with pred_sem_seg
+        [1, H, W] and seg_logits [K, H, W] (class probabilities) at each image's original size."""
+        p = self.protocol
+        for i, sample in enumerate(data_samples):
+            out = training_free_predict(self.model, inputs[i:i + 1], self.text_embedding, self.query_idx,
+                                        sample.metainfo['ori_shape'], p['slide_crop'], p['slide_stride'],
+                                        p['logit_scale'], p['prob_thd'], p['area_thd'], p['pamr_steps'],
+                                        p['pamr_stride'])
+            sample.set_data({'pred_sem_seg': PixelData(data=out['pred'][None]),
+                             'seg_logits': PixelData(data=out['scores'])})
+        return data_samples
+
+    def encode_decode(self, inputs, batch_img_metas=None):
+        """inputs: [B, 3, h, w] crops -> [B, Q, h, w] cosine maps of the query names."""
+        return self.model.zero_shot_logits(inputs, self.text_embedding, with_bg=False, bg_thresh=0.0)
+
+    def extract_feat(self, inputs):
+        """inputs: [B, 3, h, w] -> [B, h/16 * w/16, C] L2-normalised patch embeddings."""
+        return self.model.dense_features(inputs)
+
+    def _forward(self, inputs, data_samples=None):
+        return self.encode_decode(inputs)
+
+    def loss(self, inputs, data_samples):
+        raise NotImplementedError('training-free methods are not trained')
+
+
+def build_training_free_segmentor(model, dataset, bench) -> TrainingFreeSegmentor:
+    """The segmentor of a training-free benchmark config (see apply_training_free_protocol) around `model`: query
+    names from the table's class-name file, or (no benchmark in the config) one name per class of the dataset."""
+    from datasets.templates import get_templates
+    from mmseg.models import SegDataPreProcessor
+    from models.training_free import TRAINING_FREE_METHODS, TrainingFreeCLIP
+    from utils.config import ConfigError
+    from utils.zero_shot import class_embeddings
+
+    from .benchmark import class_names, prompt_names
+    settings = bench.test_cfg.training_free
+    if not isinstance(model, TrainingFreeCLIP):
+        raise ConfigError(f'{bench.config_path} is a training-free protocol; {type(model).__name__} is not a '
+                          'training-free method')
+    method = next(name for name, cls in TRAINING_FREE_METHODS.items() if type(model) is cls)
+    if settings.get('method') not in (None, method):
+        raise ConfigError(f"{bench.config_path} is {settings['method']}'s protocol, but the model is {method}; "
+                          f'choose the {method}_* preset')
+    classes, _ = class_names(dataset)
+    if settings.get('benchmark'):
+        table = training_free_protocol(settings['method'], settings['benchmark'])
+        names, query_idx = table['names'], table['query_idx']
+    else:
+        names, query_idx = prompt_names(bench, classes, False), list(range(len(classes)))
+    if max(query_idx) + 1 != len(classes):
+        raise ConfigError(f'{bench.config_path}: {max(query_idx) + 1} classes in the names, {len(classes)} in the '
+                          'dataset')
+    device = next(model.parameters()).device
+    text = class_embeddings(model, names, get_templates(bench.test_cfg.template))
+    preprocessor = SegDataPreProcessor(**{k: v for k, v in bench.data_preprocessor.items() if k != 'type'})
+    return TrainingFreeSegmentor(model, text, query_idx, settings, data_preprocessor=preprocessor).to(device)
