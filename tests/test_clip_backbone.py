@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from models.clip import (CLIP, CLIP_ARCHITECTURES, architecture_from_state_dict, build_clip, read_openai_file,
                          resize_positional_embedding)
 from reference_weights import openai_clip_entries, openai_like_state_dict
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, read_checkpoint
 
 TINY = dict(embed_dim=32, image_resolution=64, vision_layers=2, vision_width=128, vision_patch_size=16,
             context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=2)
@@ -166,6 +166,7 @@ def test_reads_a_torch_save_state_dict(tmp_path):
 def write_archive(path, data_pkl, storages=()):
     with zipfile.ZipFile(path, 'w') as archive:
         archive.writestr('archive/data.pkl', data_pkl)
+        archive.writestr('archive/constants.pkl', pickle.dumps((), protocol=2))  # what marks a TorchScript archive
         archive.writestr('archive/version', '3\n')
         for key, raw in storages:
             archive.writestr(f'archive/data/{key}', raw)
@@ -222,7 +223,7 @@ def test_refuses_a_data_pkl_that_would_run_code(tmp_path, kind):
     payload = malicious_data_pkl(kind, marker)
     path = tmp_path / 'evil.pt'
     write_archive(path, payload)
-    for read in (read_openai_file, build_clip):
+    for read in (read_openai_file, build_clip, read_checkpoint):  # read_checkpoint: what --resume uses
         with pytest.raises(CheckpointError) as error:
             read(str(path))
         message = str(error.value)
