@@ -1,4 +1,7 @@
 """Deterministic, init-independent weights for comparing models with reference outputs."""
+import json
+from pathlib import Path
+
 import torch
 
 
@@ -27,4 +30,23 @@ def synthetic_state_dict(state_dict, seed=0):
         else:
             value = 0.05 * noise
         out[name] = value.to(ref.dtype)
+    return out
+
+
+CLIP_B16_FILE = Path(__file__).parent / 'data' / 'clip_vit_b16_state_dict.json'
+
+
+def openai_clip_entries():
+    """name -> {'shape', 'stored_dtype'} of the 305 entries of OpenAI's ViT-B-16.pt (tests/data/README.md)."""
+    return json.loads(CLIP_B16_FILE.read_text())['entries']
+
+
+def openai_like_state_dict(state_dict, seed=0, entries=None):
+    """synthetic_state_dict of a CLIP state dict, every tensor rounded through the dtype OpenAI's file stores it in
+    (float16 for the linear, conv and projection weights), as OpenAI's file holds it and its loaders read it."""
+    entries = openai_clip_entries() if entries is None else entries
+    out = synthetic_state_dict(state_dict, seed=seed)
+    for name, value in out.items():
+        stored = entries.get(name, {}).get('stored_dtype', 'float32')
+        out[name] = value.to(getattr(torch, stored)).to(value.dtype)
     return out
