@@ -14,6 +14,10 @@ Trainer:
   end_step(step): called after that optimizer step (momentum encoders, clamps).
   Parameters with requires_grad False when the trainer starts are frozen and never reach the optimizer.
 
+Checkpoints:
+  checkpoint_weights(weights, source) -> weights: what `utils.checkpoint.load_weights` loads strictly from a file's
+      state dict; a method whose published files leave out or add entries by design fills in or drops exactly those.
+
 Encoders:
   tokenize(texts) -> token ids [N, L] for this method's text encoder.
   encode_image(image [B, 3, H, W]) -> [B, C]; encode_text(tokens [B, L]) -> [B, C] (both unnormalised).
@@ -81,6 +85,10 @@ class SegmentationMethod(nn.Module):
 
     def end_step(self, step: int) -> None:
         """After optimizer step `step`; nothing by default."""
+
+    def checkpoint_weights(self, weights: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
+        """A checkpoint's state dict (`source`: its path) -> the state dict to load; unchanged by default."""
+        return weights
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

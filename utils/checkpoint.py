@@ -391,12 +391,16 @@ def _summary(names: List[str], limit: int = 10) -> str:
 def load_weights(model: torch.nn.Module, path: str, strict: bool = True) -> Tuple[List[str], List[str]]:
     """Load the weights of any supported checkpoint into `model`; returns (missing, unexpected) names.
 
-    Keys go through PUBLISHED_KEY_MAP; a `*.pos_embed` [1, h*w, C] for another grid is resized bicubically.
+    Keys go through PUBLISHED_KEY_MAP, then the model's `checkpoint_weights(weights, path)` when it has one (a
+    method fills in or drops what its published files leave out or add by design); a `*.pos_embed` [1, h*w, C]
+    for another grid is resized bicubically.
     strict=True raises CheckpointError (before changing the model) on any missing, unexpected or mis-shaped name.
     strict=False loads what matches; mis-shaped names are skipped and reported as missing; all are logged.
     """
     path = os.fspath(path)
     weights = map_published_keys(extract_state_dict(read_checkpoint(path), path))
+    if callable(getattr(model, 'checkpoint_weights', None)):
+        weights = model.checkpoint_weights(weights, path)
     target = model.state_dict()
     mismatched, mismatched_names = [], set()
     for name, tensor in list(weights.items()):
