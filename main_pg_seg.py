@@ -66,9 +66,19 @@ def train(cfg, model, device, precision):
     missing = describe_shards(report)
     if missing:
         logger.warning(f'missing training shards: {missing}')
-    steps_per_epoch = max(1, length // (int(cfg.data.batch_size) * world))
-    updates_per_epoch = max(1, steps_per_epoch // accum)
-    logger.info(f'{length} training samples: {steps_per_epoch} batches, {updates_per_epoch} optimizer steps per epoch')
+    epoch_steps = OmegaConf.select(cfg, 'train.epoch_steps', default=None)
+    if epoch_steps is None:
+        steps_per_epoch = max(1, length // (int(cfg.data.batch_size) * world))
+        updates_per_epoch = max(1, steps_per_epoch // accum)
+        logger.info(f'{length} training samples: {steps_per_epoch} batches, {updates_per_epoch} optimizer steps per '
+                    'epoch')
+    else:
+        if int(epoch_steps) < 1:
+            raise ConfigError(f'train.epoch_steps must be a positive number of optimizer steps, got {epoch_steps}')
+        updates_per_epoch = int(epoch_steps)
+        steps_per_epoch = updates_per_epoch * accum
+        logger.info(f'{length} training samples; an epoch is train.epoch_steps = {updates_per_epoch} optimizer steps '
+                    f'({steps_per_epoch} batches)')
     optimizer = build_optimizer(cfg.train, model, lrs.base_lr)
     scheduler = build_scheduler(cfg.train, optimizer, lrs, updates_per_epoch)
     state = resume_or_init(cfg, model, optimizer, scheduler, precision)
