@@ -388,3 +388,35 @@ def test_step_schedule_equals_the_published_linear_then_cosine():
     scheduler = build_scheduler(default.train, ours_opt, lrs, updates_per_epoch=4)
     scheduler.step_update(12)
     assert ours_opt.param_groups[0]['lr'] < 0.9 * lrs.base_lr  # without warmup_prefix the cosine counts the warm-up
+
+
+def test_zero_shot_logits_equal_the_published_per_crop_computation():
+    """Ours (shifted views for PAMR, crops batched) against models/tcl/reference.py (the published conv kernels,
+    one crop at a time) on the same weights."""
+    from models.tcl.reference import published_crop_logits, published_pamr
+    model = build_tiny('tcl').eval()
+    text = class_embedding(model)
+    crops = torch.randn(2, 3, 37, 50, generator=torch.Generator().manual_seed(2))
+    ours = model.zero_shot_logits(crops, text, True, 0.4, pamr=True, kp_w=0.3)
+    for i in range(2):
+        published = published_crop_logits(model, crops[i:i + 1], text, True, 0.4, pamr=True, kp_w=0.3)
+        torch.testing.assert_close(ours[i:i + 1], published, rtol=1e-5, atol=1e-6)
+    image, mask = torch.rand(1, 3, 20, 28), torch.rand(1, 3, 20, 28)
+    torch.testing.assert_close(PAMR(10, (1, 2, 4, 8, 12, 24))(image, mask), published_pamr(image, mask))
+    with pytest.raises(ValueError, match='one crop at a time'):
+        published_crop_logits(model, crops, text, True, 0.4)
+
+
+def test_benchmark_row_against_the_published_computation():
+    from benchmarks.report import flatten_headline, format_table
+    from benchmarks.run import machine
+    from benchmarks.tcl_bench import tcl_crop_comparison
+    result = tcl_crop_comparison(torch.device('cpu'), repeats=1, warmup=0, clock='process', crop=64, quick=True)
+    assert result['crop']['max_abs_diff'] < 1e-5 and result['crop']['label_mismatch'] == 0
+    assert result['crop']['pixels'] == 64 * 64 and result['crop']['ours_s'] > 0
+    results = {'sections': {'seg_tcl': result}, 'machine': machine(torch.device('cpu')),
+               'settings': dict(device='cpu', batch=1, repeats=1, warmup=0, clock='process', quick=True),
+               'total_wall_s': 1.0}
+    headline = flatten_headline(results)
+    assert headline['tcl_seg_crop_logits_max_abs_diff_vs_published'] == result['crop']['max_abs_diff']
+    assert 'TCL per crop, ours vs the published computation' in format_table({**results, **headline})
