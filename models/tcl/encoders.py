@@ -6,7 +6,7 @@ itself (a diagonal mask), so every patch keeps its own value projection instead 
 """
 import copy
 from collections import OrderedDict
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -147,9 +147,9 @@ class Masker(nn.Module):
     """
 
     def __init__(self, backbone: MaskerBackbone, image_proj: LNProjection, width: int, patch_size: int,
-                 decoder: dict, sim2mask: dict, ignore_last_attn: bool):
+                 decoder: Optional[dict] = None, sim2mask: Optional[dict] = None, ignore_last_attn: bool = True):
         super().__init__()
-        decoder = dict(decoder)
+        decoder = dict(decoder or {})
         kind = decoder.pop('type', 'GDecoder')
         if kind != 'GDecoder':
             raise ValueError(f"model.masker.decoder.type must be 'GDecoder', got {kind!r}")
@@ -157,7 +157,7 @@ class Masker(nn.Module):
         self.image_encoder = MaskerImageEncoder(backbone, GDecoder(width, **decoder), image_proj, patch_size,
                                                 ignore_last_attn)
         try:
-            self.sim2mask = Sim2Mask(**sim2mask)
+            self.sim2mask = Sim2Mask(**(sim2mask or {}))
         except TypeError as e:
             raise ValueError(f'model.masker.sim2mask: {e}') from None
 
