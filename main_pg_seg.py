@@ -14,20 +14,21 @@ from omegaconf import OmegaConf
 from datasets import (build_img_transform, build_text_transform, build_train_data, build_val_loader, format_counts,
                       tokenize)
 from datasets.imagenet import ClassListError
-from datasets.shards import ShardConfigError, collect_shards, describe_shards
+from datasets.shards import EPOCH_SEED_STRIDE, ShardConfigError, describe_shards
 from models import build_model
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, get_config
-from utils.distributed import get_rank, get_world_size, is_main_process
+from utils.distributed import close_distributed, get_rank, get_world_size, init_distributed, is_main_process, wrap_ddp
 from utils.engine import NonFiniteLossError, Trainer, train_one_epoch
-from utils.evaluation import class_tokens, evaluate_epoch, run_cls_eval
+from utils.evaluation import evaluate_epoch
 from utils.logging import MetricWriter, get_logger, setup_logger
-from utils.misc import barrier, close_distributed, init_distributed, seed_everything, wrap_ddp
+from utils.misc import seed_everything
 from utils.optim import build_optimizer
 from utils.plots import plot_loss_curves
 from utils.precision import Precision
-from utils.resume import epoch_checkpoint_path, init_weights, newest_loadable, prune, resume_or_init, save_state
+from utils.resume import Checkpointer, init_weights, newest_loadable
 from utils.scheduler import accumulation, build_scheduler, scale_lr
+from utils.zero_shot import class_prompts, run_cls_eval
 
 RUN_ERRORS = (ConfigError, ShardConfigError, CheckpointError, ClassListError, NonFiniteLossError)
 
@@ -62,65 +63,56 @@ def train(cfg, model, device, precision):
     accum = accumulation(cfg.train)
     logger.info(f'batch {cfg.data.batch_size} per process x {world} processes x {accum} accumulation steps: '
                 + lrs.describe())
-    _, length, report = collect_shards(cfg.data, 'train')
-    missing = describe_shards(report)
+    img_transform = build_img_transform(True, cfg.data.img_aug)
+    data = build_train_data(cfg.data, img_transform, build_text_transform(True, cfg.data.text_aug, tokenize), rank,
+                            world, int(cfg.data.seed), model.train_sample_transform(cfg.data, img_transform))
+    missing = describe_shards(data.shard_report)
     if missing:
         logger.warning(f'missing training shards: {missing}')
     epoch_steps = OmegaConf.select(cfg, 'train.epoch_steps', default=None)
     if epoch_steps is None:
-        steps_per_epoch = max(1, length // (int(cfg.data.batch_size) * world))
+        steps_per_epoch = data.steps_per_epoch
         updates_per_epoch = max(1, steps_per_epoch // accum)
-        logger.info(f'{length} training samples: {steps_per_epoch} batches, {updates_per_epoch} optimizer steps per '
-                    'epoch')
+        logger.info(f'{data.length} training samples: {steps_per_epoch} batches, {updates_per_epoch} optimizer '
+                    'steps per epoch')
     else:
         if int(epoch_steps) < 1:
             raise ConfigError(f'train.epoch_steps must be a positive number of optimizer steps, got {epoch_steps}')
         updates_per_epoch = int(epoch_steps)
         steps_per_epoch = updates_per_epoch * accum
-        logger.info(f'{length} training samples; an epoch is train.epoch_steps = {updates_per_epoch} optimizer steps '
-                    f'({steps_per_epoch} batches)')
+        logger.info(f'{data.length} training samples; an epoch is train.epoch_steps = {updates_per_epoch} optimizer '
+                    f'steps ({steps_per_epoch} batches)')
     optimizer = build_optimizer(cfg.train, model, lrs.base_lr)
     scheduler = build_scheduler(cfg.train, optimizer, lrs, updates_per_epoch)
-    state = resume_or_init(cfg, model, optimizer, scheduler, precision)
-    seed_everything(int(cfg.seed) + rank + 1_000_003 * state.epoch)
-    data = build_train_data(cfg.data, build_img_transform(True, cfg.data.img_aug),
-                            build_text_transform(True, cfg.data.text_aug, tokenize), rank, world,
-                            int(cfg.data.seed) + 1_000_003 * state.epoch)
+    checkpointer = Checkpointer(cfg, model, optimizer, scheduler, precision)
+    state = checkpointer.resume_or_init()
     find_unused = OmegaConf.select(cfg, 'train.find_unused_parameters', default=None)
     if find_unused is None:
         find_unused = model.find_unused_parameters
     train_model = wrap_ddp(model, device, find_unused)
     writer = MetricWriter(cfg.output, rank, bool(cfg.wandb), cfg.model_name,
                           OmegaConf.to_container(cfg, resolve=True))
-    val_loader = tokens = None
+    val_loader = prompts = None
     if 'cls' in cfg.evaluate.task:
         val_loader, _ = build_val_loader(cfg.data, build_img_transform(False, cfg.data.img_aug), rank, world)
-        tokens = class_tokens(cfg)
-
-    def save(path, epoch, **extra):
-        if rank == 0:
-            save_state(cfg, path, model, optimizer, scheduler, precision, state, epoch, **extra)
-        barrier()
-        return path
-
-    trainer = Trainer(cfg, model, train_model, optimizer, scheduler, precision, iter(data.loader), steps_per_epoch,
-                      accum, device, writer, state,
+        prompts = class_prompts(cfg)
+    trainer = Trainer(cfg, model, train_model, optimizer, scheduler, precision, data, steps_per_epoch, accum,
+                      device, writer, state,
                       nonfinite_patience=int(OmegaConf.select(cfg, 'train.nonfinite_patience', default=10)),
-                      on_nonfinite_stop=lambda: save(osp.join(cfg.output, f'ckpt_nonfinite_step_{state.step}'),
-                                                     state.epoch - 1))
+                      checkpointer=checkpointer)
     logger.info(f'training epochs {state.epoch}..{cfg.train.epochs - 1}')
     try:
         for epoch in range(state.epoch, cfg.train.epochs):
             state.epoch = epoch
+            # seeds of the epoch itself: a resumed epoch draws what it would have drawn in an uninterrupted run
+            seed_everything(int(cfg.seed) + rank + EPOCH_SEED_STRIDE * epoch)
+            data.set_epoch(epoch)
             train_one_epoch(trainer, epoch)
             last = epoch == cfg.train.epochs - 1
             if epoch % cfg.checkpoint.save_freq == 0 or last:
-                path = save(epoch_checkpoint_path(cfg.output, epoch), epoch)
-                logger.info(f'saved {path}')
-                if rank == 0:
-                    prune(cfg.output, int(cfg.checkpoint.max_kept))
+                checkpointer.save_epoch(epoch)
             if epoch % cfg.evaluate.eval_freq == 0 or last:
-                evaluate_epoch(cfg, epoch, trainer, val_loader, tokens, save)
+                evaluate_epoch(cfg, epoch, trainer, val_loader, prompts, checkpointer)
     finally:
         if rank == 0:
             figure = plot_loss_curves(writer.history, osp.join(cfg.output, 'loss_curves.png'))
@@ -142,7 +134,7 @@ def evaluate_only(cfg, model, device, precision):
         logger.warning('--eval without --resume and no checkpoint in the output folder: evaluating random weights')
     rank, world = get_rank(), get_world_size()
     val_loader, _ = build_val_loader(cfg.data, build_img_transform(False, cfg.data.img_aug), rank, world)
-    results = run_cls_eval(cfg, model, device, precision, val_loader, class_tokens(cfg))
+    results = run_cls_eval(cfg, model, device, precision, val_loader, class_prompts(cfg))
     if is_main_process():
         with open(osp.join(cfg.output, 'zero_shot_cls.json'), 'w') as f:
             json.dump({'checkpoint': path, 'val': list(cfg.data.dataset.val), **results}, f, indent=1)

@@ -8,22 +8,19 @@ checkpoint (or into --output). Runs under torchrun (nccl on GPUs, gloo on CPU).
 """
 import argparse
 import hashlib
-import os
 import os.path as osp
 import sys
 from datetime import timedelta
 
-import torch
-import torch.distributed as dist
 from omegaconf import OmegaConf
 
 import segmentation  # noqa: F401  (makes mmcv.ops importable before mmseg)
 from segmentation.datasets import SegDataError
 from segmentation.evaluation import (benchmark_from_cfg, build_benchmark_dataset, describe, evaluate_seg,
                                      format_protocol, format_table, write_report)
-from utils.checkpoint import CheckpointError, is_checkpoint_dir, load_weights
+from utils.checkpoint import CheckpointError, build_and_load, is_checkpoint_dir
 from utils.config import ConfigError, get_config
-from utils.misc import close_distributed
+from utils.distributed import close_distributed, get_rank, get_world_size, init_distributed
 
 
 def parse_args(argv=None):
@@ -44,17 +41,6 @@ def parse_args(argv=None):
     if args.vis < 0:
         parser.error('--vis must be >= 0')
     return args
-
-
-def init_distributed():
-    """Join the torchrun group when launched by it; -> torch.device of this process."""
-    local_rank = int(os.environ.get('LOCAL_RANK', 0))
-    use_cuda = torch.cuda.is_available()
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if int(os.environ.get('WORLD_SIZE', 1)) > 1 and not dist.is_initialized():
-        dist.init_process_group('nccl' if use_cuda else 'gloo', timeout=timedelta(minutes=60))
-    return torch.device('cuda', local_rank) if use_cuda else torch.device('cpu')
 
 
 def file_sha256(path, chunk=1 << 24):
@@ -82,35 +68,28 @@ def evaluate(args):
     cfg = get_config(argparse.Namespace(cfg=args.cfg, opts=args.opts, tag=args.tag))
     if not osp.exists(args.resume):
         raise CheckpointError(f'checkpoint not found: {args.resume}')
-    device = init_distributed()
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    # the ranks meet only at the metric's gather, after each has evaluated its whole share of the benchmark
+    device = init_distributed(timeout=timedelta(minutes=60))
+    rank = get_rank()
     bench = benchmark_from_cfg(cfg)
     dataset = build_benchmark_dataset(bench)
     if rank == 0:
         print('protocol: ' + format_protocol(describe(bench, dataset)), flush=True)
 
-    model = build_model_from(cfg)
-    load_weights(model, args.resume, strict=True)
-    model.to(device).eval()
+    model = build_and_load(cfg.model, args.resume).to(device).eval()
     json_path, out_dir = report_paths(args, bench)
     result = evaluate_seg(model, cfg, benchmark=bench, dataset=dataset, vis=args.vis, output_dir=out_dir,
                           progress=rank == 0)
     if rank == 0:
         print(format_table(result))
-        world = dist.get_world_size() if dist.is_initialized() else 1
         write_report(result, json_path, config=args.cfg, seg_config=bench.config_path,
                      opts=list(args.opts or []), checkpoint=osp.abspath(args.resume),
-                     checkpoint_sha256=file_sha256(args.resume), world_size=world, device=str(device),
+                     checkpoint_sha256=file_sha256(args.resume), world_size=get_world_size(), device=str(device),
                      tag=args.tag, model_config=OmegaConf.to_container(cfg.model, resolve=True))
         print(f'report: {json_path}')
         if result.get('vis'):
             print(f'overlays: {osp.join(out_dir, "vis")}')
     return result
-
-
-def build_model_from(cfg):
-    from models import build_model
-    return build_model(cfg.model)
 
 
 def main(argv=None):

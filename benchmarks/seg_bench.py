@@ -69,9 +69,10 @@ def decoder_like_logits(num_classes=151, hw=(45, 67), regions=(5, 7), active=12,
 
 def _text(model, num_classes, device):
     """VOC's class embeddings, or random unit vectors for a larger class count (only the count matters there)."""
-    from segmentation.evaluation import class_text_embedding
+    from datasets.templates import get_templates
+    from utils.zero_shot import class_embeddings
     if num_classes == len(VOC_CLASSES):
-        return class_text_embedding(model, list(VOC_CLASSES), 'simple').to(device)
+        return class_embeddings(model, list(VOC_CLASSES), get_templates('simple')).to(device)
     g = torch.Generator().manual_seed(1)
     return F.normalize(torch.randn(num_classes, model.img_projector.linear_out.out_channels, generator=g), dim=-1).to(
         device)

@@ -17,13 +17,15 @@ QUICK_TCL_OPTS = ('clip_model={embed_dim: 32, image_resolution: 64, vision_layer
 def tcl_crop_comparison(device, repeats, warmup, clock, crop=448, pamr=True, kp_w=0.3, bg_thresh=0.4,
                         quick=False) -> dict:
     """One crop with VOC's 20 classes and TCL's protocol (PAMR, keep-prompt mix, constant background)."""
+    from datasets.templates import get_templates
     from models.tcl.reference import published_crop_logits
-    from segmentation.evaluation import class_text_embedding, zero_shot_logits
+    from segmentation.evaluation import zero_shot_logits
+    from utils.zero_shot import class_embeddings
     model = build_ours(load_model_cfg(TCL_CONFIG, QUICK_TCL_OPTS if quick else ()), device).eval()
     for name, param in model.named_parameters():
         if name.endswith('gate.gate'):
             param.fill_(0.5)  # a trained decoder is not the identity the published zero-initialised gates give
-    text = class_text_embedding(model, list(VOC_CLASSES), 'custom').to(device)
+    text = class_embeddings(model, list(VOC_CLASSES), get_templates('custom')).to(device)
     image = torch.randn(1, 3, crop, crop, generator=torch.Generator().manual_seed(0)).to(device)
     timing = dict(device=device, repeats=repeats, warmup=warmup, clock=clock)
     return {'crop_size': crop, 'num_classes': len(VOC_CLASSES) + 1, 'pamr': pamr, 'kp_w': kp_w,

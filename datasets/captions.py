@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from .imagenet import get_templates, read_classes_file
+from .imagenet import read_classes_file
+from .templates import get_templates
 
 WORD_TAGS = ('NN', 'NNS', 'NNP', 'VBG', 'VB', 'VBD', 'VBN', 'VBP', 'VBZ')
 NOUN_PHRASE_GRAMMAR = r"""
@@ -77,7 +78,7 @@ class MultiLabelTokenize:
         self.tokenize = tokenize
         self.max_word = max_word
         self.context_length = context_length
-        self.templates = get_templates(template_set)
+        self.templates = get_templates(template_set, 'data.text_aug.template_set')
         self.word_type = word_type
         self.vocab = frozenset(vocab) if vocab is not None else None
         self.tagger = PosTagger()

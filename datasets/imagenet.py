@@ -1,21 +1,13 @@
-"""Class names and prompt templates for zero-shot classification.
+"""Class names for zero-shot classification.
 
-The 1000 ImageNet class names and the 80 prompt templates are CLIP's public lists (OpenAI, MIT licence); they are
-read from ``open_clip_torch``, which ships them. ``subset`` is CLIP's 7-template ensemble, ``simple`` a single
-prompt, ``identity`` the bare class name. A toy world names its classes in ``classes.json`` instead.
+The 1000 ImageNet class names are CLIP's public list (OpenAI, MIT licence), read from ``open_clip_torch``, which
+ships it. A toy world names its classes in ``classes.json`` instead. The prompt templates are in templates.py.
 """
 import json
 import os.path as osp
-from typing import Dict, List, Sequence
+from typing import List
 
-import torch
 from omegaconf import DictConfig, OmegaConf
-
-SUBSET_TEMPLATES = (
-    'itap of a {}.', 'a bad photo of a {}.', 'a origami {}.', 'a photo of the large {}.', 'a {} in a video game.',
-    'art of the {}.', 'a photo of the small {}.')
-SIMPLE_TEMPLATES = ('a photo of a {}.',)
-IDENTITY_TEMPLATES = ('{}',)
 
 
 class ClassListError(ValueError):
@@ -25,23 +17,6 @@ class ClassListError(ValueError):
 def imagenet_classes() -> List[str]:
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
     return list(IMAGENET_CLASSNAMES)
-
-
-def full_templates() -> List[str]:
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-    return [make('{}') for make in OPENAI_IMAGENET_TEMPLATES]
-
-
-def template_sets() -> Dict[str, List[str]]:
-    return {'full': full_templates(), 'subset': list(SUBSET_TEMPLATES), 'simple': list(SIMPLE_TEMPLATES),
-            'identity': list(IDENTITY_TEMPLATES)}
-
-
-def get_templates(name: str) -> List[str]:
-    sets = template_sets()
-    if name not in sets:
-        raise KeyError(f'unknown template set {name!r}; choose one of {sorted(sets)}')
-    return sets[name]
 
 
 def read_classes_file(path: str) -> List[str]:
@@ -65,9 +40,3 @@ def val_class_names(data_cfg: DictConfig) -> List[str]:
     classes_file = OmegaConf.select(data_cfg, f'dataset.meta.{val_name}.classes_file', default=None)
     return read_classes_file(classes_file) if classes_file else imagenet_classes()
 
-
-def build_class_tokens(classnames: Sequence[str], templates: Sequence[str], tokenize,
-                       context_length: int = 77) -> torch.Tensor:
-    """Every class written in every template -> tokens [N, T, context_length]."""
-    texts = [t.format(name) for name in classnames for t in templates]
-    return tokenize(texts, context_length=context_length).view(len(classnames), len(templates), -1)

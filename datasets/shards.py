@@ -34,6 +34,7 @@ TEXT_EXTS = ('txt', 'text')
 MIN_IMAGE_SIDE = 2
 MAX_CONSECUTIVE_BAD = 10000
 SHARD_SAMPLING = ('resampled', 'split')
+EPOCH_SEED_STRIDE = 1_000_003  # epoch e streams from seed + e * stride: apart from the rank and worker offsets
 CONVERTIBLE_MODES = ('L', 'LA', 'P', 'PA', 'CMYK', 'RGBA', 'RGBX', 'YCbCr', '1', 'La', 'RGBa')
 
 
@@ -68,6 +69,15 @@ def merge_counts(total: Dict[str, Counter], new: Dict[str, Dict[str, int]]) -> D
     """Add ``new`` ({dataset: {reason: n}}) into ``total`` in place and return it."""
     for name, reasons in new.items():
         total.setdefault(name, Counter()).update(reasons)
+    return total
+
+
+def sum_counts_over_ranks(counts: Dict[str, Dict[str, int]]) -> Dict[str, Counter]:
+    """Counts {dataset: {reason: n}} of every rank, summed (the same on every rank)."""
+    from utils.distributed import gather_objects
+    total = {}
+    for part in gather_objects(counts):
+        merge_counts(total, part)
     return total
 
 
@@ -230,11 +240,25 @@ def val_assignment(shards: List[str], rank: int, world: int, worker: int, worker
     return mine, mod * workers, rem + mod * worker
 
 
+def stack_samples(items: list):
+    """Per-sample tensors, or dicts of them (nested), -> one batch: tensors stacked along a new first dim."""
+    if isinstance(items[0], dict):
+        return {key: stack_samples([item[key] for item in items]) for key in items[0]}
+    return torch.stack(items)
+
+
 class TrainStream(torch.utils.data.IterableDataset):
-    """Infinite, shuffled stream of batches {'image': [B,3,H,W], 'text': [B,77] or [B,1+k,77], 'bad': counts}."""
+    """Infinite, shuffled stream of batches {'image': [B,3,H,W], 'text': [B,77] or [B,1+k,77], 'bad': counts}.
+
+    sample_transform: (raw sample {extension: bytes, '__url__', '__key__', ...}, RGB image, caption) -> the sample's
+    named tensors (or dicts of tensors), used instead of the two transforms when a method trains on more than
+    an image and its caption tokens (models.base.SegmentationMethod.train_sample_transform); it may raise
+    BadSample. The batch holds every name it returns.
+    """
 
     def __init__(self, owner: Dict[str, str], batch_size: int, img_transform: Callable, text_transform: Callable,
-                 shuffle_buffer: int, seed: int, rank: int, world: int = 1, shard_sampling: str = 'resampled'):
+                 shuffle_buffer: int, seed: int, rank: int, world: int = 1, shard_sampling: str = 'resampled',
+                 sample_transform: Optional[Callable] = None):
         if shard_sampling not in SHARD_SAMPLING:
             raise ShardConfigError(f'data.shard_sampling must be one of {SHARD_SAMPLING}, got {shard_sampling!r}')
         self.owner = owner
@@ -246,6 +270,7 @@ class TrainStream(torch.utils.data.IterableDataset):
         self.rank = rank
         self.world = world
         self.shard_sampling = shard_sampling
+        self.sample_transform = sample_transform
 
     def worker_seed(self) -> int:
         worker, workers = worker_part()
@@ -286,12 +311,15 @@ class TrainStream(torch.utils.data.IterableDataset):
                 raise ShardConfigError(f'no readable sample in any training shard ({len(self.owner)} shards, '
                                        f'e.g. {url}); bad data so far: {format_counts(counter.counts)}')
 
-    def decoded(self, samples: Iterator[dict], counter: BadCounter) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    def decoded(self, samples: Iterator[dict], counter: BadCounter) -> Iterator[dict]:
         bad_in_a_row = 0
         for sample in samples:
             try:
                 img, text = decode_image(sample, counter), decode_caption(sample)
-                item = self.img_transform(img), self.text_transform(text)
+                if self.sample_transform is None:
+                    item = {'image': self.img_transform(img), 'text': self.text_transform(text)}
+                else:
+                    item = self.sample_transform(sample, img, text)
             except BadSample as bad:
                 counter.add(sample['__dataset__'], bad.reason)
                 bad_in_a_row += 1
@@ -307,9 +335,9 @@ class TrainStream(torch.utils.data.IterableDataset):
         rng = random.Random(self.worker_seed())
         stream = self.decoded(shuffled(self.samples(counter), self.shuffle_buffer, rng), counter)
         while True:
-            items = [next(stream) for _ in range(self.batch_size)]
-            yield {'image': torch.stack([i for i, _ in items]), 'text': torch.stack([t for _, t in items]),
-                   'bad': counter.take()}
+            batch = stack_samples([next(stream) for _ in range(self.batch_size)])
+            batch['bad'] = counter.take()
+            yield batch
 
 
 def shuffled(samples: Iterator[dict], bufsize: int, rng: random.Random, initial: int = 100) -> Iterator[dict]:
@@ -389,23 +417,47 @@ def make_loader(stream, data_cfg: DictConfig, seed: int, rank: int) -> torch.uti
 
 
 class TrainData:
-    """What the training loop needs: an infinite batch iterator and the epoch length in batches."""
+    """The training batches, built once per run: iterating gives TrainStream's batches of the current epoch.
 
-    def __init__(self, loader, steps_per_epoch: int, length: int, shard_report: Dict[str, Tuple[int, int]]):
-        self.loader = loader
-        self.steps_per_epoch = steps_per_epoch
+    length: samples the training datasets declare (their `length`); steps_per_epoch: batches per epoch,
+    length // (batch_size * world); shard_report: {dataset: (shards found, shards the prefix names)}.
+    """
+
+    def __init__(self, stream: TrainStream, data_cfg: DictConfig, rank: int, length: int, steps_per_epoch: int,
+                 shard_report: Dict[str, Tuple[int, int]]):
+        self.stream = stream
+        self.data_cfg = data_cfg
+        self.rank = rank
+        self.seed = stream.seed
         self.length = length
+        self.steps_per_epoch = steps_per_epoch
         self.shard_report = shard_report
+        self._batches = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Restart the stream (and its loader workers) seeded with seed + EPOCH_SEED_STRIDE * epoch, so that an epoch
+        reads the same batches whether the run started at epoch 0 or resumed there."""
+        self.stream.seed = self.seed + EPOCH_SEED_STRIDE * epoch
+        self._batches = iter(make_loader(self.stream, self.data_cfg, self.stream.seed, self.rank))
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        if self._batches is None:
+            self.set_epoch(0)
+        return next(self._batches)
 
 
 def build_train_data(data_cfg: DictConfig, img_transform: Callable, text_transform: Callable, rank: int,
-                     world: int, seed: int) -> TrainData:
+                     world: int, seed: int, sample_transform: Optional[Callable] = None) -> TrainData:
+    """TrainData over data.dataset.train; raises ShardConfigError for a missing folder or pattern."""
     owner, length, report = collect_shards(data_cfg, 'train')
     stream = TrainStream(owner, int(data_cfg.batch_size), img_transform, text_transform,
                          int(data_cfg.shuffle_buffer), seed, rank, world,
-                         str(OmegaConf.select(data_cfg, 'shard_sampling', default='resampled')))
+                         str(OmegaConf.select(data_cfg, 'shard_sampling', default='resampled')), sample_transform)
     steps = max(1, length // (int(data_cfg.batch_size) * world))
-    return TrainData(make_loader(stream, data_cfg, seed, rank), steps, length, report)
+    return TrainData(stream, data_cfg, rank, length, steps, report)
 
 
 def build_val_loader(data_cfg: DictConfig, img_transform: Callable, rank: int, world: int,

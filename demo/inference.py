@@ -16,8 +16,10 @@ import torch
 
 import segmentation  # noqa: F401  (makes mmcv.ops importable before mmseg)
 from segmentation.datasets import SegDataError, read_toy_classes
-from segmentation.evaluation import ZeroShotSegmentor, class_text_embedding, load_benchmark, prompt_names
+from datasets.templates import get_templates
+from segmentation.evaluation import ZeroShotSegmentor, load_benchmark, prompt_names
 from segmentation.evaluation.resize import resized_argmax
+from utils.zero_shot import class_embeddings
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PRESET_DIR = osp.join(ROOT, 'segmentation', 'configs', '_base_', 'datasets')
@@ -134,7 +136,8 @@ class Segmenter:
         """[N, C] class embeddings with the preset's templates (cached per class list)."""
         key = tuple(prompts)
         if key not in self._text_cache:
-            self._text_cache = {key: class_text_embedding(self.model, list(prompts), self.bench.test_cfg.template)}
+            templates = get_templates(self.bench.test_cfg.template)
+            self._text_cache = {key: class_embeddings(self.model, list(prompts), templates)}
         return self._text_cache[key]
 
     def resize(self, image: np.ndarray) -> np.ndarray:
@@ -205,16 +208,13 @@ class Segmenter:
 
 def load_model(cfg, resume: Optional[str], seed: int = 0):
     """Build cfg.model and load `resume`; without it, seeded random weights and ONE warning saying so."""
-    from models import build_model
-    from utils.checkpoint import CheckpointError, load_weights
+    from utils.checkpoint import CheckpointError, build_and_load
     torch.manual_seed(seed)
-    model = build_model(cfg.model)
-    if resume:
-        try:
-            load_weights(model, resume, strict=True)
-        except (CheckpointError, OSError) as e:
-            raise DemoError(str(e)) from None
-    else:
+    try:
+        model = build_and_load(cfg.model, resume or None)
+    except (CheckpointError, OSError) as e:
+        raise DemoError(str(e)) from None
+    if not resume:
         warnings.warn('no checkpoint given (--resume): the model has RANDOM weights, its segmentations mean nothing',
                       stacklevel=2)
     return model.eval()

@@ -3,6 +3,7 @@ from .base import GroupView, SegmentationMethod, training_loss
 from .builder import MODELS, build_model
 from .clip.contrastive import ContrastiveCLIP
 from .groupvit import GroupViT, MultiLabelContrastive
+from .ovsegmentor import OVSegmentor
 from .pgseg import PGSeg, PGSegContrastive
 from .tcl import TCL
 from .text_transformer import TextTransformer

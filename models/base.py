@@ -10,16 +10,18 @@ Trainer:
   forward_train(image, text, **inputs) -> {name: scalar}: every key that contains 'loss' is summed and trained;
       any other key is logged only. `inputs` are the other tensors of the training batch (e.g. superpixel labels).
   find_unused_parameters: DDP's policy (True when some parameters get no gradient in some steps).
+  train_sample_transform(data_cfg, img_transform): how a shard sample becomes the batch's named tensors (None: the
+      image and the caption tokens of data.img_aug / data.text_aug).
   begin_step(step): called before the micro-batches of optimizer step `step` (training phases, e.g. what is frozen).
   end_step(step): called after that optimizer step (momentum encoders, clamps).
   Parameters with requires_grad False when the trainer starts are frozen and never reach the optimizer.
 
 Checkpoints:
-  checkpoint_weights(weights, source) -> weights: what `utils.checkpoint.load_weights` loads strictly from a file's
-      state dict; a method whose published files leave out or add entries by design fills in or drops exactly those.
+  adapt_checkpoint(state_dict) -> state_dict: a method's own rules for published names (load_weights applies it).
 
 Encoders:
-  tokenize(texts) -> token ids [N, L] for this method's text encoder.
+  tokenize(texts) -> token ids [N, L] for this method's text encoder, or a dict of such tensors (BERT's input_ids and
+      attention_mask); generic code handles both through `map_tokens`.
   encode_image(image [B, 3, H, W]) -> [B, C]; encode_text(tokens [B, L]) -> [B, C] (both unnormalised).
   build_text_embedding(tokens [N, T, L]) -> [N, C]: one L2-normalised embedding per class from T prompts.
 
@@ -31,7 +33,7 @@ Zero-shot segmentation (per crop; the mmseg segmentor does the windows and the r
       without groups; `options` as for zero_shot_logits.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -48,6 +50,15 @@ class GroupView:
     maps: List[torch.Tensor]
     affinity: torch.Tensor
     background_threshold: float
+
+
+Tokens = Union[torch.Tensor, Dict[str, torch.Tensor]]
+
+
+def map_tokens(fn: Callable[[torch.Tensor], torch.Tensor], tokens: Tokens) -> Tokens:
+    """`fn` applied to token ids [..., L], or to every tensor of named tokens (e.g. BERT's {'input_ids',
+    'attention_mask'}): how generic code reshapes, slices and moves the tokens of any method."""
+    return {name: fn(value) for name, value in tokens.items()} if isinstance(tokens, dict) else fn(tokens)
 
 
 def training_loss(terms: Dict[str, torch.Tensor]) -> torch.Tensor:
@@ -80,15 +91,23 @@ class SegmentationMethod(nn.Module):
     def forward_train(self, image: torch.Tensor, text: torch.Tensor, **inputs) -> Dict[str, torch.Tensor]:
         raise NotImplementedError(f'{type(self).__name__} cannot be trained')
 
+    def train_sample_transform(self, data_cfg, img_transform: Callable) -> Optional[Callable]:
+        """None (default): a training sample is data.img_aug's image tensor and data.text_aug's caption tokens
+        ('image', 'text'). A method that trains on more returns a callable (raw shard sample {extension: bytes,
+        '__url__', '__key__'}, decoded RGB image, caption) -> {name: tensor or dict of tensors} whose names reach
+        forward_train; it may raise datasets.shards.BadSample to skip (and count) a sample."""
+        return None
+
+    def adapt_checkpoint(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """A published or older checkpoint's weights in this method's names (utils.checkpoint.load_weights calls it
+        before matching names); unchanged by default."""
+        return state_dict
+
     def begin_step(self, step: int) -> None:
         """Before the micro-batches of optimizer step `step`; nothing by default."""
 
     def end_step(self, step: int) -> None:
         """After optimizer step `step`; nothing by default."""
-
-    def checkpoint_weights(self, weights: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
-        """A checkpoint's state dict (`source`: its path) -> the state dict to load; unchanged by default."""
-        return weights
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 import utils.checkpoint as ckpt
-from utils.checkpoint import (CheckpointError, find_latest_checkpoint, is_complete, load_checkpoint, load_weights,
-                              read_checkpoint, save_checkpoint)
+from utils.checkpoint import (CheckpointError, build_and_load, find_latest_checkpoint, is_complete, load_checkpoint,
+                              load_weights, read_checkpoint, save_checkpoint)
 
 
 class Tiny(nn.Module):
@@ -259,9 +259,31 @@ def test_published_format_into_a_tiny_model(tmp_path):
     target = build_model(cfg)
     assert load_weights(target, tmp_path / 'published.pth') == ([], [])
     assert_same_tensors(target.state_dict(), source.state_dict())
-    small = build_model(OmegaConf.merge(cfg, {'img_encoder': {'img_size': 32}}))
-    assert load_weights(small, tmp_path / 'published.pth') == ([], [])
+    small = build_and_load(OmegaConf.merge(cfg, {'img_encoder': {'img_size': 32}}), tmp_path / 'published.pth')
     assert small.img_encoder.pos_embed.shape[1] * 4 == source.img_encoder.pos_embed.shape[1]
+    assert torch.equal(small.text_encoder.token_embedding.weight, source.text_encoder.token_embedding.weight)
+
+
+def test_build_and_load_is_strict_unless_told(tmp_path):
+    from models import build_model
+    cfg = OmegaConf.create({
+        'type': 'MultiLabelContrastive', 'output_dim': 16, 'multi_label': 0,
+        'img_encoder': {'type': 'GroupViT', 'img_size': 32, 'patch_size': 8, 'embed_dim': 16, 'num_heads': [2, 2],
+                        'depths': [1, 1], 'embed_factors': [1, 1], 'num_group_tokens': [4, 0],
+                        'num_output_groups': [2]},
+        'text_encoder': {'type': 'TextTransformer', 'context_length': 8, 'width': 16, 'layers': 1, 'vocab_size': 100},
+    })
+    torch.manual_seed(0)
+    source = build_model(cfg)
+    save_checkpoint(tmp_path / 'ckpt', source.state_dict())
+    assert_same_tensors(build_and_load(cfg, tmp_path / 'ckpt').state_dict(), source.state_dict())
+    fresh = build_and_load(cfg)
+    assert not torch.equal(fresh.img_encoder.pos_embed, source.img_encoder.pos_embed)
+    deeper = OmegaConf.merge(cfg, {'text_encoder': {'layers': 2}})
+    with pytest.raises(CheckpointError, match=r'ckpt does not fit MultiLabelContrastive: missing: text_encoder'):
+        build_and_load(deeper, tmp_path / 'ckpt')
+    partial = build_and_load(deeper, tmp_path / 'ckpt', strict=False)
+    assert torch.equal(partial.img_encoder.pos_embed, source.img_encoder.pos_embed)
 
 
 @pytest.mark.parametrize('cfg_name,ref_name', [('group_vit_gcc_yfcc_30e', 'official_state_dict_groupvit_gcc_yfcc_30e'),

@@ -156,6 +156,6 @@ def test_training_loader_reads_the_shards(yfcc):
     data = build_train_data(data_cfg, img_transform=lambda img: torch.from_numpy(np.array(img)).permute(2, 0, 1),
                             text_transform=lambda text: torch.tensor(captions.index(text)), rank=0, world=1, seed=0)
     assert data.shard_report == {'yfcc14m': (3, 3)}
-    batch = next(iter(data.loader))
+    batch = next(data)
     assert batch['image'].shape == (4, 3, 8, 8)
     assert batch['text'].shape == (4,) and not batch['bad']

@@ -11,8 +11,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from datasets.shards import (BadCounter, ShardConfigError, TrainStream, ValStream, collect_shards, expand_shards,
-                             format_counts, iter_tar, make_loader, val_assignment)
+from datasets.shards import (BadCounter, ShardConfigError, TrainStream, ValStream, build_train_data, collect_shards,
+                             expand_shards, format_counts, iter_tar, make_loader, val_assignment)
 
 
 def image_bytes(mode='RGB', size=(24, 20), fmt='JPEG', value=128):
@@ -145,6 +145,27 @@ def test_train_stream_is_seeded_per_rank(tmp_path):
     assert first_batches(0) == first_batches(0)
     assert first_batches(0) != first_batches(1)
     assert first_batches(0) != first_batches(0, seed=1)
+
+
+def test_train_data_restarts_every_epoch_with_that_epochs_seed(tmp_path):
+    write_tar(tmp_path / 'p-0.tar', [good_pair(i) for i in range(10)])
+    write_tar(tmp_path / 'p-1.tar', [good_pair(i) for i in range(10, 20)])
+    cfg = data_cfg(tmp_path, pairs={'type': 'img_txt_pair', 'path': str(tmp_path), 'prefix': 'p-{0..2}.tar',
+                                    'length': 20})
+    key = lambda t: torch.tensor(int(t.split()[-1]))
+
+    def batches(data, epoch=None):
+        if epoch is not None:
+            data.set_epoch(epoch)
+        return [next(data)['text'].tolist() for _ in range(3)]
+
+    data = build_train_data(cfg, lambda img: torch.zeros(1), key, rank=0, world=2, seed=7)
+    assert (data.length, data.steps_per_epoch, data.shard_report) == (20, 2, {'pairs': (2, 3)})
+    first = batches(data)  # without set_epoch: epoch 0
+    second = batches(data, 1)
+    assert second != first and batches(data, 0) == first and batches(data, 1) == second
+    resumed = build_train_data(cfg, lambda img: torch.zeros(1), key, rank=0, world=2, seed=7)
+    assert batches(resumed, 1) == second
 
 
 def test_all_bad_training_data_is_one_clear_error(tmp_path):

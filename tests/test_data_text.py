@@ -1,4 +1,4 @@
-"""datasets/captions.py, datasets/imagenet.py, datasets/transforms.py."""
+"""datasets/captions.py, datasets/imagenet.py, datasets/templates.py, datasets/transforms.py."""
 import json
 import pickle
 
@@ -9,10 +9,11 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from datasets import build_class_tokens, build_img_transform, build_text_transform, get_templates, tokenize
+from datasets import TEMPLATE_SETS, build_img_transform, build_text_transform, get_templates, tokenize
 from datasets.captions import MultiLabelTokenize, PosTagger, Tokenize, tagged_words
 from datasets.imagenet import ClassListError, imagenet_classes, val_class_names
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from utils.config import ConfigError
 
 CAPTIONS = {
     'A man riding a wave on top of a surfboard.': {'man', 'riding', 'wave', 'surfboard'},
@@ -90,12 +91,15 @@ def test_transform_pickles_for_loader_workers():
 
 
 def test_template_sets_and_imagenet_classes():
-    assert [len(get_templates(n)) for n in ('full', 'subset', 'simple', 'identity')] == [80, 7, 1, 1]
-    assert all(t.count('{}') == 1 for t in get_templates('full'))
+    assert [len(get_templates(n)) for n in ('full', 'subset', 'simple', 'identity', 'custom')] == [80, 7, 1, 1, 9]
+    assert all(t.count('{}') == 1 for name in TEMPLATE_SETS for t in get_templates(name))
+    assert get_templates('custom') == get_templates('subset') + ['a photo of many {}.', 'a photo of {}s.']  # TCL's
+    assert get_templates('simple') == ['a photo of a {}.']
     classes = imagenet_classes()
     assert len(classes) == 1000 and classes[0] == 'tench' and classes[-1] == 'toilet paper'
-    with pytest.raises(KeyError, match='unknown template set'):
-        get_templates('fancy')
+    with pytest.raises(ConfigError, match="^evaluate.seg.template: unknown template set 'fancy'; choose one of "
+                                          "custom, full, identity, simple, subset$"):
+        get_templates('fancy', 'evaluate.seg.template')
 
 
 def test_val_class_names_from_file_or_imagenet(tmp_path):
@@ -109,9 +113,6 @@ def test_val_class_names_from_file_or_imagenet(tmp_path):
     cfg.dataset.val = ['imagenet']
     with pytest.raises(ClassListError, match='missing.json'):
         val_class_names(cfg)
-    tokens = build_class_tokens(['star', 'ring'], get_templates('subset'), tokenize, 20)
-    assert tokens.shape == (2, 7, 20)
-    assert torch.equal(tokens[1, 0], tokenize(['itap of a ring.'], 20)[0])
 
 
 @pytest.mark.parametrize('deit', [False, True])

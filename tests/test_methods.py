@@ -8,8 +8,10 @@ import segmentation  # noqa: F401  (makes mmcv.ops importable before mmseg)
 from conftest import METHOD_CONFIGS, build_tiny, tiny_config
 from models import MODELS, SegmentationMethod, training_loss
 from models.groupvit.model import MultiLabelContrastive
-from segmentation.evaluation import ZeroShotSegmentor, class_text_embedding, method_options, zero_shot_logits
+from datasets.templates import get_templates
+from segmentation.evaluation import ZeroShotSegmentor, method_options, zero_shot_logits
 from utils.checkpoint import load_weights, save_checkpoint
+from utils.zero_shot import class_embeddings
 
 CLASS_NAMES = ['cat', 'dog', 'grass', 'sky', 'a red car']
 TEST_CFG = dict(mode='slide', crop_size=(32, 32), stride=(16, 16), crop_batch=4, bg_thresh=0.5, top_k=3)
@@ -52,8 +54,8 @@ def test_encoders_and_class_embeddings(method_name):
     with torch.no_grad():
         image_x = model.encode_image(torch.randn(2, 3, size, size))
         text_x = model.encode_text(model.tokenize(['a cat', 'a dog', 'grass']))
-        classes = class_text_embedding(model, CLASS_NAMES, 'subset')
-        other = class_text_embedding(model, list(reversed(CLASS_NAMES)), 'subset')
+        classes = class_embeddings(model, CLASS_NAMES, get_templates('subset'))
+        other = class_embeddings(model, list(reversed(CLASS_NAMES)), get_templates('subset'))
     assert image_x.shape[0] == 2 and text_x.shape[0] == 3 and image_x.shape[1] == text_x.shape[1]
     assert classes.shape == (len(CLASS_NAMES), text_x.shape[1])
     torch.testing.assert_close(classes.norm(dim=-1), torch.ones(len(CLASS_NAMES)))
@@ -97,7 +99,7 @@ def test_segmentor_slide_and_zero_shot_logits(method_name):
     model = build_tiny(method_name).eval()
     size = image_size(method_name)
     with torch.no_grad():
-        text = class_text_embedding(model, CLASS_NAMES, 'simple')
+        text = class_embeddings(model, CLASS_NAMES, get_templates('simple'))
         crop = torch.randn(2, 3, size, size)
         options = method_options(model, TEST_CFG)  # the protocol's entries the method names
         with_bg = zero_shot_logits(model, crop, text, True, 0.5, **options)

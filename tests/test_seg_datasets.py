@@ -238,5 +238,11 @@ def test_toy_without_class_list(tmp_path):
 def test_bad_overrides(tmp_path):
     assert "unknown key 'test_cfg.bg_tresh'" in error_of(
         lambda: load_benchmark(str(PRESETS / 'toy.py'), ['test_cfg.bg_tresh=0.1']))
-    assert 'not key=value' in error_of(lambda: load_benchmark(str(PRESETS / 'toy.py'), ['data_root']))
+    assert (error_of(lambda: load_benchmark(str(PRESETS / 'toy.py'), ['data_root']))
+            == "evaluate.seg.opts: key 'data_root' has no value (use key=value or 'key value')")
+    assert error_of(lambda: load_benchmark(str(PRESETS / 'toy.py'), ['test_cfg.template=fancy'])) == (
+        f"{PRESETS / 'toy.py'}: test_cfg.template: unknown template set 'fancy'; choose one of custom, full, identity, "
+        'simple, subset')
+    bench = load_benchmark(str(PRESETS / 'toy.py'), ['test_cfg.template', 'custom', 'test_cfg.bg_thresh=0.25'])
+    assert bench.test_cfg.template == 'custom' and bench.test_cfg.bg_thresh == 0.25
     assert 'config not found' in error_of(lambda: load_benchmark(str(tmp_path / 'none.py')))

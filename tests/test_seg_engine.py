@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 import segmentation  # noqa: F401
 from segmentation.mmcv_compat import install, point_sample, sigmoid_focal_loss
-from models.pamr import PAMR, refine_with_pamr
-from segmentation.evaluation import SegIoUMetric, segmentation_templates, slide_windows
 from models.groupvit.segmentation import feature_grid
+from models.pamr import PAMR, refine_with_pamr
+from segmentation.evaluation import SegIoUMetric, slide_windows
 
 
 def test_shim_is_active_exactly_without_compiled_ops():
@@ -138,16 +138,6 @@ def test_pamr_keeps_constant_masks_and_handles_large_dilations():
     torch.testing.assert_close(out, mask)
     scores = torch.rand(2, 4, 64, 64)
     assert refine_with_pamr(PAMR(), torch.randn(2, 3, 64, 64), scores, 4).shape == (2, 4, 64, 64)
-
-
-def test_template_sets():
-    custom = segmentation_templates('custom')
-    assert len(custom) == 9 and custom[:7] == segmentation_templates('subset')
-    assert custom[7:] == ['a photo of many {}.', 'a photo of {}s.']
-    assert segmentation_templates('simple') == ['a photo of a {}.']
-    assert len(segmentation_templates('full')) == 80
-    with pytest.raises(ValueError, match='custom'):
-        segmentation_templates('nope')
 
 
 def test_overlay_colours_classes_and_keeps_background_and_ignore(tmp_path):

@@ -1,7 +1,7 @@
 """2 processes (gloo) on batch 2 + 2 give the loss and parameter gradients of 1 process on the batch of 4.
 
 This checks the global contrastive loss end to end: the differentiable all-gather, the rank offset of the labels,
-the batch norms' global statistics in the projectors, DDP's gradient averaging (utils.misc.wrap_ddp).
+the batch norms' global statistics in the projectors, DDP's gradient averaging (utils.distributed.wrap_ddp).
 Run in float64: the check is about what is computed, not about float32 rounding (in float32 the projectors'
 one-pass global variance, E[x^2] - E[x]^2 over 4 samples, already differs from BatchNorm1d's by ~1e-3 in the loss).
 Run by pytest; torchrun runs this same file as the worker script.
@@ -57,10 +57,14 @@ def loss_and_grads(model, image, text, runner=None):
 def worker(out_path):
     import torch.distributed as dist
 
-    from utils.misc import close_distributed, init_distributed, wrap_ddp
+    from utils.distributed import (close_distributed, gather_objects, init_distributed, mean_over_ranks,
+                                   sum_over_ranks, true_on_every_rank, wrap_ddp)
     device = init_distributed()
     rank = dist.get_rank()
-    results = {}
+    results = {'helpers': {
+        'sum': sum_over_ranks(torch.tensor([rank + 1.0])), 'mean': mean_over_ranks(torch.tensor([rank + 1.0])),
+        'objects': gather_objects({'rank': rank}), 'all_true': true_on_every_rank(True, device),
+        'one_false': true_on_every_rank(rank == 0, device)}}
     for k in MULTI_LABEL:
         model = make_model(k)
         ddp = wrap_ddp(model, device)
@@ -88,6 +92,10 @@ def test_two_processes_equal_one_process(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     distributed = torch.load(out)
+    helpers = distributed.pop('helpers')
+    assert helpers['sum'].item() == 3.0 and helpers['mean'].item() == 1.5
+    assert helpers['objects'] == [{'rank': 0}, {'rank': 1}]
+    assert helpers['all_true'] is True and helpers['one_false'] is False
     for k in MULTI_LABEL:
         model = make_model(k)
         loss, grads = loss_and_grads(model, *make_batch(k))

@@ -1,5 +1,5 @@
 """main_pg_seg.py end to end on a small toy world: 1 process with a corrupt shard, 2 processes (torchrun, gloo)
-initialised from a weights-only file, SIGKILL and resume, and --eval of the best checkpoint."""
+initialised from a weights-only file, SIGKILL and resume, --eval of the best checkpoint, and template sets."""
 import glob
 import io
 import json
@@ -196,3 +196,21 @@ def test_pgseg_initialised_from_the_groupvit_run(single, worlds):
     assert re.search(r'epoch 0 done in [0-9:]+: loss [0-9.]+ loss_pg [0-9.]+ total_loss', log)
     state = load_checkpoint(os.path.join(run_dir(output), 'ckpt_epoch_0'))
     assert state['model']['img_encoder.layers.1.downsample_spatial.mu'].isfinite().all()
+
+
+def test_tcl_custom_templates_evaluate_and_an_unknown_set_is_one_config_error(worlds):
+    output = worlds['tmp'] / 'custom'
+    run(command(worlds['clean'], output, '--eval', epochs=1)
+        + ['evaluate.cls.template=custom', 'evaluate.cls.extra_templates=[simple]'])
+    with open(os.path.join(run_dir(output), 'zero_shot_cls.json')) as f:
+        result = json.load(f)
+    assert result['custom']['count'] == result['simple']['count'] == 48
+    assert 'zero-shot toy_val (custom templates): acc1' in log_text(output)
+    cmd = command(worlds['clean'], worlds['tmp'] / 'fancy', '--eval', epochs=1) + ['evaluate.cls.template=fancy']
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert 'Traceback' not in proc.stdout + proc.stderr
+    errors = [line for line in proc.stdout.splitlines() if ' ERROR ' in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        "ERROR 'evaluate.cls.template' in --opts: unknown template set 'fancy'; choose one of custom, full, identity, "
+        'simple, subset')

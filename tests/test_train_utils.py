@@ -1,4 +1,5 @@
-"""utils/optim, scheduler, precision, engine (non-finite handling, zero-shot accuracy), logging/plots, resume."""
+"""utils/optim, scheduler, precision, engine (non-finite handling), zero_shot (class embeddings, accuracy),
+logging/plots, resume."""
 import io
 import math
 import os
@@ -13,17 +14,19 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import published_state_dict
+from datasets import get_templates
 from datasets.shards import ValStream
 from models import SegmentationMethod, build_model
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.config import load_config
-from utils.engine import NonFiniteLossError, Trainer, TrainState, evaluate_cls, train_one_epoch
+from utils.engine import NonFiniteLossError, Trainer, train_one_epoch
 from utils.logging import MetricWriter
 from utils.optim import build_optimizer, param_groups
 from utils.plots import plot_loss_curves
 from utils.precision import Precision
-from utils.resume import epoch_checkpoint_path, newest_loadable, prune
+from utils.resume import Checkpointer, TrainState, epoch_checkpoint_path, newest_loadable, prune
 from utils.scheduler import build_scheduler, scale_lr
+from utils.zero_shot import ClassPrompts, class_embeddings, evaluate_cls
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,13 +35,13 @@ TRAIN = {'base_lr': 1e-3, 'warmup_lr': 1e-5, 'min_lr': 1e-4, 'weight_decay': 0.0
          'lr_scheduler': {'name': 'cosine'}, 'optimizer': {'name': 'adamw', 'eps': 1e-8, 'betas': [0.9, 0.999]}}
 
 
-def tiny_model():
+def tiny_model(context_length=8, vocab_size=100):
     cfg = {'type': 'MultiLabelContrastive', 'output_dim': 16, 'proj_num_layers': 2,
            'img_encoder': {'type': 'GroupViT', 'img_size': 32, 'patch_size': 8, 'embed_dim': 16, 'depths': [1, 1],
                            'num_heads': [2, 2], 'embed_factors': [1, 1], 'num_group_tokens': [4, 0],
                            'num_output_groups': [2]},
-           'text_encoder': {'type': 'TextTransformer', 'context_length': 8, 'width': 16, 'layers': 1,
-                            'vocab_size': 100}}
+           'text_encoder': {'type': 'TextTransformer', 'context_length': context_length, 'width': 16, 'layers': 1,
+                            'vocab_size': vocab_size}}
     return build_model(OmegaConf.create(cfg))
 
 
@@ -202,21 +205,22 @@ class Scripted(SegmentationMethod):
         return {'loss': (self.w ** 2).sum() * text[0]}
 
 
-def scripted_trainer(scales, patience=3, accumulation=1):
-    cfg = OmegaConf.create({'train': {**TRAIN, 'epochs': 1}, 'print_freq': 1, 'data': {'batch_size': 2}})
+def scripted_trainer(output, scales, patience=3, accumulation=1):
+    cfg = OmegaConf.create({'train': {**TRAIN, 'epochs': 1, 'start_epoch': 0}, 'print_freq': 1,
+                            'data': {'batch_size': 2}, 'output': str(output)})
     model = Scripted()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched = build_scheduler(cfg.train, opt, scale_lr(cfg.train, 4096, 1), len(scales))
     batches = iter([{'image': torch.zeros(2, 1), 'text': torch.tensor([s, s])} for s in scales])
-    saved = []
-    trainer = Trainer(cfg, model, model, opt, sched, Precision('O0', 'cpu'), batches, len(scales), accumulation,
-                      torch.device('cpu'), MetricWriter('unused', rank=1), TrainState(), patience,
-                      on_nonfinite_stop=lambda: saved.append('ckpt') or 'ckpt')
-    return trainer, saved
+    precision = Precision('O0', 'cpu')
+    checkpointer = Checkpointer(cfg, model, opt, sched, precision)
+    checkpointer.state.epoch = 1
+    return Trainer(cfg, model, model, opt, sched, precision, batches, len(scales), accumulation, torch.device('cpu'),
+                   MetricWriter('unused', rank=1), checkpointer.state, patience, checkpointer)
 
 
-def test_nonfinite_loss_skips_the_step_and_recovers():
-    trainer, saved = scripted_trainer([1.0, float('nan'), 1.0, float('inf'), 1.0])
+def test_nonfinite_loss_skips_the_step_and_recovers(tmp_path):
+    trainer = scripted_trainer(tmp_path, [1.0, float('nan'), 1.0, float('inf'), 1.0])
     weights = []
     original_step = trainer.optimizer.step
 
@@ -229,20 +233,23 @@ def test_nonfinite_loss_skips_the_step_and_recovers():
     assert len(weights) == 3  # only the three finite steps moved the weights
     assert trainer.model.seen.item() == 3.0  # buffers changed by the non-finite forwards were put back
     assert trainer.state.step == 5 and trainer.state.nonfinite_total == 2 and trainer.state.nonfinite_in_a_row == 0
-    assert saved == [] and math.isfinite(averages['loss'])
+    assert os.listdir(tmp_path) == [] and math.isfinite(averages['loss'])
 
 
-def test_consecutive_nonfinite_losses_stop_with_a_saved_checkpoint(caplog):
-    trainer, saved = scripted_trainer([1.0] + [float('nan')] * 5, patience=3)
-    with pytest.raises(NonFiniteLossError, match='3 optimizer steps in a row .* saved to ckpt'):
-        train_one_epoch(trainer, 0)
-    assert saved == ['ckpt'] and trainer.state.step == 4
+def test_consecutive_nonfinite_losses_stop_with_a_saved_checkpoint(tmp_path, caplog):
+    trainer = scripted_trainer(tmp_path, [1.0] + [float('nan')] * 5, patience=3)
+    saved = str(tmp_path / 'ckpt_nonfinite_step_4')
+    with pytest.raises(NonFiniteLossError, match=f'3 optimizer steps in a row .* saved to {saved}. Lower'):
+        train_one_epoch(trainer, 1)
+    state = load_checkpoint(saved)
+    assert (state['epoch'], state['step']) == (0, 4) and trainer.state.step == 4
+    assert torch.equal(state['model']['w'], trainer.model.w.detach())
     assert 'non-finite loss at step 2' in caplog.text and 'non-finite loss at step 4' in caplog.text
     assert math.isfinite(trainer.model.w.item())
 
 
-def test_step_hooks_wrap_each_optimizer_step():
-    trainer, _ = scripted_trainer([1.0, 1.0, float('nan'), 1.0, 1.0], accumulation=2)
+def test_step_hooks_wrap_each_optimizer_step(tmp_path):
+    trainer = scripted_trainer(tmp_path, [1.0, 1.0, float('nan'), 1.0, 1.0], accumulation=2)
     train_one_epoch(trainer, 0)
     # steps of 2, 2 and 1 micro-batches; the second had a NaN loss, so no update and no end_step
     assert trainer.model.hook_calls == [('begin', 0), ('forward', None), ('forward', None), ('end', 0),
@@ -250,8 +257,8 @@ def test_step_hooks_wrap_each_optimizer_step():
                                         ('begin', 2), ('forward', None), ('end', 2)]
 
 
-def test_accumulation_steps_once_per_window():
-    trainer, _ = scripted_trainer([1.0] * 6, accumulation=3)
+def test_accumulation_steps_once_per_window(tmp_path):
+    trainer = scripted_trainer(tmp_path, [1.0] * 6, accumulation=3)
     calls = []
     original_step = trainer.optimizer.step
     trainer.optimizer.step = lambda *a, **k: calls.append(1) or original_step(*a, **k)
@@ -273,7 +280,11 @@ class Oracle(nn.Module):
         cls = (image[:, 0, 0, 0] * 255 / 20).round().long()
         return sum(0.5 ** i * nn.functional.one_hot((cls + i) % self.n, self.n).float() for i in range(self.n))
 
+    def tokenize(self, texts):
+        return torch.zeros(len(texts), 1, dtype=torch.long)
+
     def build_text_embedding(self, tokens):
+        assert tokens.shape == (self.n, 1, 1)
         return torch.eye(self.n)[self.order]
 
 
@@ -302,8 +313,8 @@ def test_zero_shot_accuracy_of_a_model_with_known_answers(tmp_path, order, top1,
             'swap01': [1, 0] + list(range(2, n))}[order]
     to_tensor = lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
     stream = ValStream({str(tmp_path / f'val-{i}.tar'): 'val' for i in range(2)}, 4, to_tensor, 0, 1)
-    tokens = {'simple': torch.zeros(n, 1, 77, dtype=torch.long)}
-    out = evaluate_cls(Oracle(n, perm), stream, tokens, torch.device('cpu'), Precision('O0', 'cpu'))
+    prompts = ClassPrompts([f'class {c}' for c in range(n)], {'simple': ['a photo of a {}.']})
+    out = evaluate_cls(Oracle(n, perm), stream, prompts, torch.device('cpu'), Precision('O0', 'cpu'))
     share = lambda keep: 100.0 * sum(keep(label) for label in labels) / len(labels)
     expected_top1 = top1 if top1 is not None else share(lambda label: label >= 2)
     expected_top5 = top5 if top5 is not None else share(lambda label: label != 1)
@@ -317,7 +328,7 @@ def test_zero_shot_rejects_labels_outside_the_class_list(tmp_path):
     to_tensor = lambda img: torch.from_numpy(np.asarray(img, dtype=np.float32) / 255).permute(2, 0, 1)
     stream = ValStream({str(tmp_path / 'v.tar'): 'val'}, 4, to_tensor, 0, 1)
     with pytest.raises(ValueError, match='class label 9 outside the 8 class names'):
-        evaluate_cls(Oracle(8, list(range(8))), stream, {'simple': torch.zeros(8, 1, 77, dtype=torch.long)},
+        evaluate_cls(Oracle(8, list(range(8))), stream, ClassPrompts([str(c) for c in range(8)], {'simple': ['{}']}),
                      torch.device('cpu'), Precision('O0', 'cpu'))
 
 
@@ -392,12 +403,17 @@ def test_mixed_precision_training_steps_on_cpu(level, steps):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
-def test_class_embeddings_in_chunks_equal_one_pass():
-    from utils.engine import class_embeddings
-    model = tiny_model().eval()
-    tokens = torch.randint(1, 98, (7, 3, 8))
-    tokens[..., 6] = 99
-    whole = class_embeddings(model, tokens, torch.device('cpu'), max_texts=10**6)
-    chunked = class_embeddings(model, tokens, torch.device('cpu'), max_texts=6)  # 2 classes per forward
-    assert whole.shape == (7, 16) and torch.allclose(whole, chunked, atol=1e-6)
-    assert torch.allclose(whole.norm(dim=-1), torch.ones(7))
+def test_class_embeddings_write_every_class_into_every_template_in_chunks():
+    from datasets import tokenize
+    model = tiny_model(context_length=20, vocab_size=49408).eval()
+    names = ['cat', 'dog', 'potted plant', 'tv', 'sky']
+    tcl = ['itap of a {}.', 'a bad photo of a {}.', 'a origami {}.', 'a photo of the large {}.', 'a {} in a video game.',
+           'art of the {}.', 'a photo of the small {}.', 'a photo of many {}.', 'a photo of {}s.']
+    tokens = tokenize([t.format(n) for n in names for t in tcl], context_length=20).view(5, 9, 20)
+    expected = model.build_text_embedding(tokens)
+    whole = class_embeddings(model, names, get_templates('custom'))
+    chunked = class_embeddings(model, names, get_templates('custom'), max_texts=18)  # 2 classes per forward
+    assert whole.shape == (5, 16)
+    torch.testing.assert_close(whole, expected)
+    torch.testing.assert_close(chunked, expected)
+    assert torch.allclose(whole.norm(dim=-1), torch.ones(5))

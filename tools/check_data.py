@@ -20,12 +20,12 @@ from glob import glob
 from multiprocessing import Pool
 
 from braceexpand import braceexpand
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run as a script from anywhere
-from utils.config import ConfigError, load_config, parse_opts, validate  # noqa: E402
+from utils.config import ConfigError, apply_opts, load_config  # noqa: E402
 
 IMAGE_EXTS = ('jpg', 'jpeg', 'png')
 TARGET_EXTS = {'img_txt_pair': ('txt', 'text'), 'img_cls_pair': ('cls',)}
@@ -143,15 +143,9 @@ def print_table(results: list) -> None:
 
 def load(cfg_path: str, opts) -> DictConfig:
     try:
-        cfg = load_config(cfg_path)
-        overrides = parse_opts(opts)
-        if len(overrides):
-            merged = OmegaConf.merge(cfg, overrides)
-            validate(overrides, merged, '--opts')
-            cfg = merged
+        return apply_opts(load_config(cfg_path), opts)
     except ConfigError as err:
         raise SystemExit(f'error: {err}')
-    return cfg
 
 
 def dataset_names(cfg, only) -> list:

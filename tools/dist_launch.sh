@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Single-node training over torchrun (python -m torch.distributed.run), one process per GPU.
+# Single-node training over torchrun, one process per GPU: dist_mn_launch.sh with one node (rank 0, 127.0.0.1).
 # The training script picks the backend (nccl with CUDA, gloo without), so this also runs on CPU.
 set -euo pipefail
 
@@ -19,19 +19,8 @@ USAGE
 fail() { echo "error: $1" >&2; usage; }
 
 [[ $# -ge 3 ]] || fail "expected at least 3 arguments, got $#"
-SCRIPT=$1
-CONFIG=$2
-NPROC=$3
-[[ $NPROC =~ ^[1-9][0-9]*$ ]] || fail "NPROC must be a positive integer, got '$NPROC'"
-[[ -f $SCRIPT ]] || fail "SCRIPT not found: $SCRIPT"
-[[ -f $CONFIG ]] || fail "CONFIG not found: $CONFIG"
+[[ $3 =~ ^[1-9][0-9]*$ ]] || fail "NPROC must be a positive integer, got '$3'"
+[[ -f $1 ]] || fail "SCRIPT not found: $1"
+[[ -f $2 ]] || fail "CONFIG not found: $2"
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PYTHON=${PYTHON:-$(command -v python || command -v python3)}
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-
-exec "$PYTHON" -m torch.distributed.run \
-    --nnodes=1 --nproc_per_node="$NPROC" \
-    --master_addr=127.0.0.1 --master_port="${PORT:-29500}" \
-    "$SCRIPT" --cfg "$CONFIG" "${@:4}"
+exec "$(dirname "${BASH_SOURCE[0]}")/dist_mn_launch.sh" "$1" "$2" 0 1 "$3" 127.0.0.1 "${@:4}"

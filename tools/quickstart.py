@@ -23,16 +23,16 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from datasets import build_img_transform, build_val_loader  # noqa: E402
-from main_pg_seg import class_tokens, run_cls_eval  # noqa: E402
 from models import build_model  # noqa: E402
 from segmentation.evaluation import evaluate_background, evaluate_seg, load_benchmark  # noqa: E402
 from tools.make_toy_data import make_toy_world  # noqa: E402
-from utils.checkpoint import load_weights, save_checkpoint  # noqa: E402
+from utils.checkpoint import build_and_load, save_checkpoint  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.logging import setup_logger  # noqa: E402
 from utils.misc import seed_everything  # noqa: E402
 from utils.precision import Precision  # noqa: E402
 from utils.resume import epoch_checkpoints  # noqa: E402
+from utils.zero_shot import class_prompts, run_cls_eval  # noqa: E402
 
 TOY_BENCHMARK = osp.join(ROOT, 'segmentation/configs/_base_/datasets/toy.py')
 BG_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -105,7 +105,7 @@ def train(args, cfg, length):
 
 def top1(cfg, model):
     loader, _ = build_val_loader(cfg.data, build_img_transform(False, cfg.data.img_aug), 0, 1)
-    results = run_cls_eval(cfg, model, torch.device('cpu'), Precision('O0', 'cpu'), loader, class_tokens(cfg))
+    results = run_cls_eval(cfg, model, torch.device('cpu'), Precision('O0', 'cpu'), loader, class_prompts(cfg))
     return results[cfg.evaluate.cls.template]['acc1']
 
 
@@ -136,8 +136,7 @@ def main(argv=None):
     setup_logger(None, 0)
     cfg = OmegaConf.load(osp.join(run_dir, 'config.yaml'))
     checkpoint = epoch_checkpoints(run_dir)[0][1]  # newest = the final model, not the best moment of the run
-    trained = build_model(cfg.model)
-    load_weights(trained, checkpoint)
+    trained = build_and_load(cfg.model, checkpoint)
     # the demo and the web app pick the quickstart model up from these two files
     save_checkpoint(osp.join(args.output, 'checkpoint.pth'), trained.state_dict())
     OmegaConf.save(cfg, osp.join(args.output, 'config.yml'))

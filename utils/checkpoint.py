@@ -391,16 +391,16 @@ def _summary(names: List[str], limit: int = 10) -> str:
 def load_weights(model: torch.nn.Module, path: str, strict: bool = True) -> Tuple[List[str], List[str]]:
     """Load the weights of any supported checkpoint into `model`; returns (missing, unexpected) names.
 
-    Keys go through PUBLISHED_KEY_MAP, then the model's `checkpoint_weights(weights, path)` when it has one (a
-    method fills in or drops what its published files leave out or add by design); a `*.pos_embed` [1, h*w, C]
-    for another grid is resized bicubically.
+    Keys go through PUBLISHED_KEY_MAP, then the model's `adapt_checkpoint(state_dict)` when it has one (a method's
+    own published-name rules, e.g. OVSegmentor's evaluation model dropping the training heads); a `*.pos_embed`
+    [1, h*w, C] for another grid is resized bicubically.
     strict=True raises CheckpointError (before changing the model) on any missing, unexpected or mis-shaped name.
     strict=False loads what matches; mis-shaped names are skipped and reported as missing; all are logged.
     """
     path = os.fspath(path)
     weights = map_published_keys(extract_state_dict(read_checkpoint(path), path))
-    if callable(getattr(model, 'checkpoint_weights', None)):
-        weights = model.checkpoint_weights(weights, path)
+    if hasattr(model, 'adapt_checkpoint'):
+        weights = model.adapt_checkpoint(weights)
     target = model.state_dict()
     mismatched, mismatched_names = [], set()
     for name, tensor in list(weights.items()):
@@ -424,3 +424,13 @@ def load_weights(model: torch.nn.Module, path: str, strict: bool = True) -> Tupl
     for problem in problems:
         logger.warning('%s: %s', path, problem)
     return missing, unexpected
+
+
+def build_and_load(model_cfg, checkpoint: Optional[str] = None, strict: bool = True) -> torch.nn.Module:
+    """Build the model of `model_cfg` (a config's `model` section) and load `checkpoint`'s weights into it with
+    `load_weights`; without a checkpoint the model keeps its fresh initialisation."""
+    from models import build_model  # models import utils: imported when first needed
+    model = build_model(model_cfg)
+    if checkpoint is not None:
+        load_weights(model, checkpoint, strict=strict)
+    return model

@@ -6,10 +6,11 @@ ONE ``ConfigError`` naming the key and the file, with the closest valid key as a
 """
 import difflib
 import inspect
+import logging
 import os
 import os.path as osp
 from functools import lru_cache
-from typing import Dict, List, Optional, Sequence, Set
+from typing import List, Optional, Sequence, Set
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -19,6 +20,13 @@ CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs'
 SCHEMA_FILES = ('default.yml', 'default_pgseg.yml')
 # sections whose children are user-chosen names (dataset names); each child follows the union of the defaults' children
 OPEN_SECTIONS = ('data.dataset.meta', )
+# keys whose value names prompt-template sets (datasets/templates.py)
+TEMPLATE_KEYS = ('data.text_aug.template_set', 'evaluate.cls.template', 'evaluate.cls.extra_templates',
+                 'evaluate.seg.template')
+
+
+# keys that earlier versions wrote into saved configs; they were never read by the training
+RETIRED_KEYS = ('local_rank', 'vis', 'checkpoint.freq')
 
 
 class ConfigError(ValueError):
@@ -37,11 +45,22 @@ def _read_yaml(path: str) -> DictConfig:
     return cfg
 
 
+def _drop_retired_keys(raw: DictConfig, path: str) -> None:
+    """Configs saved by earlier versions (a run's config.yaml) still name keys that no longer exist: drop them."""
+    for key in RETIRED_KEYS:
+        parent, _, leaf = key.rpartition('.')
+        node = OmegaConf.select(raw, parent, default=None) if parent else raw
+        if isinstance(node, DictConfig) and leaf in node:
+            node.pop(leaf)
+            logging.getLogger(__name__).warning("%s: ignoring '%s', a key this version no longer has", path, key)
+
+
 def _collect_files(path: str, stack: Sequence[str] = ()) -> List[tuple]:
     """-> [(path, raw DictConfig without `_base_`)] in merge order: bases first (recursively), the file last."""
     if osp.abspath(path) in stack:
         raise ConfigError(f'{path}: circular _base_ chain')
     raw = _read_yaml(path)
+    _drop_retired_keys(raw, path)
     bases = raw.pop('_base_', None)
     if bases is None:
         bases = []
@@ -73,45 +92,19 @@ def _unknown(path: str, key: str, allowed: Set[str], source: str) -> ConfigError
 
 
 def _model_registry():
-    """-> the model registry, or None when the models package does not exist (yet)."""
-    try:
-        from models.builder import MODELS
-    except ModuleNotFoundError as e:
-        if e.name and e.name.split('.')[0] == 'models':
-            return None
-        raise
+    from models.builder import MODELS  # imported when first needed: models import utils
     return MODELS
 
 
-def _published_model_keys() -> Dict[str, Set[str]]:
-    """type -> keys used for it in configs/*.yml; the fallback schema while models/ is not importable."""
-    keys: Dict[str, Set[str]] = {}
-
-    def walk(node):
-        if isinstance(node, dict) and isinstance(node.get('type'), str):
-            keys.setdefault(node['type'], set()).update(node)
-            for value in node.values():
-                walk(value)
-
-    for name in sorted(os.listdir(CONFIG_DIR)):
-        if name.endswith('.yml'):
-            walk(OmegaConf.to_container(_read_yaml(osp.join(CONFIG_DIR, name)), resolve=False).get('model'))
-    return keys
-
-
 def model_types() -> Set[str]:
-    registry = _model_registry()
-    return set(_published_model_keys() if registry is None else registry.keys())
+    return set(_model_registry().keys())
 
 
 def model_keys(type_name: str, source: str) -> Set[str]:
     """Constructor arguments (+ 'type') of the registered model class."""
     if type_name not in model_types():
         raise ConfigError(f"unknown model type '{type_name}' in {source}{_suggest(type_name, model_types())}")
-    registry = _model_registry()
-    if registry is None:
-        return _published_model_keys()[type_name]
-    return init_arguments(registry[type_name]) | {'type'}
+    return init_arguments(_model_registry()[type_name]) | {'type'}
 
 
 def init_arguments(cls: type) -> Set[str]:
@@ -171,10 +164,27 @@ def _check_value(value, expected, path: str, source: str) -> None:
         raise ConfigError(f"'{path}' in {source} is a single value in configs/default.yml, got a mapping")
 
 
+def _check_template_sets(node: dict, source: str) -> None:
+    """Every template-set name that `node` sets (not interpolated) is one of datasets/templates.py's sets."""
+    from datasets.templates import template_set_problem
+    for key in TEMPLATE_KEYS:
+        value = node
+        for part in key.split('.'):
+            value = value.get(part) if isinstance(value, dict) else None
+        for name in value if isinstance(value, list) else [value]:
+            if name is None or (isinstance(name, str) and name.startswith('${')):
+                continue
+            problem = template_set_problem(name, f"'{key}' in {source}")
+            if problem:
+                raise ConfigError(problem)
+
+
 def validate(node: DictConfig, merged: DictConfig, source: str) -> None:
-    """Raise ConfigError for the first key of `node` (one file or the --opts) that the schema does not know."""
+    """Raise ConfigError for the first key of `node` (one file or the --opts) that the schema does not know, or
+    for a template-set name that does not exist."""
     plain = OmegaConf.to_container(node, resolve=False)
     _check_section(plain, _schema(), OmegaConf.to_container(merged, resolve=False), '', source)
+    _check_template_sets(plain, source)
 
 
 def _check_resolves(cfg: DictConfig, source: str) -> None:
@@ -194,9 +204,10 @@ def load_config(path: str) -> DictConfig:
     return cfg
 
 
-def parse_opts(opts: Optional[Sequence[str]]) -> DictConfig:
-    """['a.b=1', 'c.d', 'x y'] -> {a: {b: 1}, c: {d: 'x y'}}: 'key=value' items or 'key' 'value' pairs."""
-    dotlist, items, i = [], list(opts or []), 0
+def parse_opts(opts: Optional[Sequence[str]], source: str = '--opts') -> DictConfig:
+    """['a.b=1', 'c.d', 'x y'] -> {a: {b: 1}, c: {d: 'x y'}}: 'key=value' items or 'key' 'value' pairs, values
+    parsed as YAML. `source` names the option in errors."""
+    dotlist, items, i = [], [str(o) for o in opts or []], 0
     while i < len(items):
         item = items[i]
         if '=' in item:
@@ -204,13 +215,23 @@ def parse_opts(opts: Optional[Sequence[str]]) -> DictConfig:
             i += 1
             continue
         if i + 1 >= len(items):
-            raise ConfigError(f"--opts: key '{item}' has no value (use key=value or 'key value')")
+            raise ConfigError(f"{source}: key '{item}' has no value (use key=value or 'key value')")
         dotlist.append(f'{item}={items[i + 1]}')
         i += 2
     try:
         return OmegaConf.from_dotlist(dotlist)
     except OmegaConfBaseException as e:
-        raise ConfigError(f'--opts: {str(e).splitlines()[0]}') from None
+        raise ConfigError(f'{source}: {str(e).splitlines()[0]}') from None
+
+
+def apply_opts(cfg: DictConfig, opts: Optional[Sequence[str]]) -> DictConfig:
+    """`cfg` with the --opts overrides merged in, every overridden key checked like a config file's."""
+    overrides = parse_opts(opts)
+    if not len(overrides):
+        return cfg
+    merged = OmegaConf.merge(cfg, overrides)
+    validate(overrides, merged, '--opts')
+    return merged
 
 
 def _arg(args, name: str):
@@ -220,19 +241,14 @@ def _arg(args, name: str):
 def get_config(args) -> DictConfig:
     """Config for a run: args.cfg + args.opts + command-line overrides; output = output/model_name/tag.
 
-    args may carry: cfg, opts, batch_size, output, tag, resume, amp_opt_level, wandb, keep, eval, vis.
-    model_name becomes '<name or config stem>_bs<batch>x<WORLD_SIZE>' and local_rank comes from $LOCAL_RANK.
+    args may carry: cfg, opts, batch_size, output, tag, resume, amp_opt_level, wandb, keep, eval.
+    model_name becomes '<name or config stem>_bs<batch>x<WORLD_SIZE>'.
     The result is struct-locked (no new keys) but writable.
     """
-    cfg = load_config(args.cfg)
-    opts = parse_opts(_arg(args, 'opts'))
-    if len(opts):
-        merged = OmegaConf.merge(cfg, opts)
-        validate(opts, merged, '--opts')
-        cfg = merged
+    cfg = apply_opts(load_config(args.cfg), _arg(args, 'opts'))
     overrides = {
         'batch_size': 'data.batch_size', 'amp_opt_level': 'train.amp_opt_level', 'resume': 'checkpoint.resume',
-        'eval': 'evaluate.eval_only', 'keep': 'checkpoint.max_kept', 'wandb': 'wandb', 'vis': 'vis', 'tag': 'tag',
+        'eval': 'evaluate.eval_only', 'keep': 'checkpoint.max_kept', 'wandb': 'wandb', 'tag': 'tag',
     }
     for arg_name, key in overrides.items():
         if _arg(args, arg_name):
@@ -245,7 +261,6 @@ def get_config(args) -> DictConfig:
     if not root:
         root = 'output' if OmegaConf.is_missing(cfg, 'output') or not cfg.output else cfg.output
     cfg.output = osp.join(root, cfg.model_name, str(cfg.tag))
-    cfg.local_rank = int(os.environ.get('LOCAL_RANK', 0))
     _check_resolves(cfg, str(args.cfg))
     OmegaConf.set_struct(cfg, True)
     return cfg

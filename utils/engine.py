@@ -1,37 +1,25 @@
-"""The training epoch and the zero-shot classification evaluation."""
+"""The training epoch: micro-batches, gradient accumulation, non-finite steps, progress logs."""
 import contextlib
 import datetime
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, Optional
+from dataclasses import dataclass
+from typing import Dict, Iterator, Optional
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from datasets.shards import format_counts, merge_counts
-from models.base import training_loss
+from datasets.shards import format_counts, merge_counts, sum_counts_over_ranks
+from models.base import map_tokens, training_loss
 
-from .distributed import get_world_size, is_distributed
+from .distributed import get_world_size, true_on_every_rank
 from .logging import MetricWriter, get_logger
 from .misc import AverageMeter, meters_mean_over_ranks
 from .precision import Precision
+from .resume import Checkpointer, TrainState
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many optimizer updates in a row had a non-finite loss or gradient."""
-
-
-@dataclass
-class TrainState:
-    """What a checkpoint restores besides the modules: progress, best metrics, bad-data counts."""
-    epoch: int = 0  # the epoch being run (after a restore: the first one to run)
-    step: int = 0  # optimizer updates done so far
-    best: Dict[str, dict] = field(default_factory=dict)
-    nonfinite_in_a_row: int = 0
-    nonfinite_total: int = 0
-    bad_data: Dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,30 +38,19 @@ class Trainer:
     writer: MetricWriter
     state: TrainState
     nonfinite_patience: int = 10
-    on_nonfinite_stop: Optional[Callable[[], str]] = None  # saves a checkpoint, returns its path
+    checkpointer: Optional[Checkpointer] = None  # saves the state when repeated non-finite steps stop the run
 
 
 def all_finite(value: torch.Tensor) -> bool:
     """True when the value is finite on every rank (the same answer everywhere, so ranks stay in step)."""
-    flag = torch.isfinite(value.detach()).all().to(torch.float32).reshape(1)
-    if is_distributed():
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() > 0)
-
-
-def sum_counts_over_ranks(counts: Dict[str, dict]) -> Dict[str, dict]:
-    if not is_distributed():
-        return counts
-    gathered = [None] * get_world_size()
-    dist.all_gather_object(gathered, counts)
-    total = {}
-    for part in gathered:
-        merge_counts(total, part)
-    return total
+    return true_on_every_rank(bool(torch.isfinite(value.detach()).all()), value.device)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    """The batch's tensors and dicts of tensors (e.g. BERT token dicts) on `device`; other entries are dropped."""
+    return {k: map_tokens(lambda t: t.to(device, non_blocking=True), v) for k, v in batch.items()
+            if isinstance(v, torch.Tensor) or (isinstance(v, dict) and v and all(isinstance(t, torch.Tensor)
+                                                                                 for t in v.values()))}
 
 
 def _forward_backward(t: Trainer, inputs: dict, sync: bool):
@@ -120,7 +97,7 @@ def _record_nonfinite(t: Trainer, epoch: int, idx: int, terms: Dict[str, float],
     logger.warning(f'non-finite {what} at step {t.state.step} (epoch {epoch}, iter {idx}): {shown}; optimizer '
                    f'step skipped ({t.state.nonfinite_in_a_row} in a row, patience {t.nonfinite_patience})')
     if t.state.nonfinite_in_a_row >= t.nonfinite_patience:
-        saved = t.on_nonfinite_stop() if t.on_nonfinite_stop else None
+        saved = t.checkpointer.save_nonfinite() if t.checkpointer else None
         raise NonFiniteLossError(
             f'stopping: {t.state.nonfinite_in_a_row} optimizer steps in a row had a non-finite {what} '
             f'(last at step {t.state.step}, epoch {epoch}); model and optimizer state before them saved to {saved}. '
@@ -208,62 +185,3 @@ def _log_progress(t: Trainer, epoch: int, idx: int, meters, window, batch_time: 
     scalars = {f'train/{k}': v for k, v in recent.items()}
     scalars.update({'train/lr': lr, 'train/grad_norm': grad_meter.val, 'train/images_per_s': speed})
     t.writer.scalars(scalars, t.state.step)
-
-
-@torch.no_grad()
-def class_embeddings(model: torch.nn.Module, tokens: torch.Tensor, device: torch.device,
-                     max_texts: int = 4096) -> torch.Tensor:
-    """tokens [N, T, L] -> L2-normalised class embeddings [N, C], a few classes at a time (80 templates x 1000
-    classes would not fit in one forward)."""
-    per_chunk = max(1, max_texts // tokens.shape[1])
-    parts = [model.build_text_embedding(tokens[i:i + per_chunk].to(device)).float()
-             for i in range(0, tokens.shape[0], per_chunk)]
-    return F.normalize(torch.cat(parts), dim=-1)
-
-
-@torch.no_grad()
-def evaluate_cls(model: torch.nn.Module, loader, class_tokens: Dict[str, torch.Tensor], device: torch.device,
-                 precision: Precision, log_every: int = 0) -> Dict[str, dict]:
-    """Zero-shot classification: top-1/top-5 accuracy (%) per template set, over all ranks' samples.
-
-    model: the module (no DDP) with ``encode_image`` [B,3,H,W] -> [B,C] and ``build_text_embedding``
-    [N,T,L] -> [N,C]; class_tokens: {template set: tokens [N, T, L]}.
-    Returns {template set: {'acc1', 'acc5', 'count'}} plus {'bad': counts} of skipped val samples.
-    """
-    was_training = model.training
-    model.eval()
-    names = sorted(class_tokens)
-    with precision.autocast():
-        text = {n: class_embeddings(model, class_tokens[n], device) for n in names}
-    num_classes = next(iter(text.values())).shape[0]
-    k = min(5, num_classes)
-    correct = torch.zeros(len(names), 2, dtype=torch.float64, device=device)
-    count = torch.zeros(1, dtype=torch.float64, device=device)
-    bad: Dict[str, dict] = {}
-    for i, batch in enumerate(loader):
-        merge_counts(bad, batch.get('bad') or {})
-        if batch['image'] is None:
-            continue
-        image, target = batch['image'].to(device), batch['target'].to(device)
-        if int(target.max()) >= num_classes or int(target.min()) < 0:
-            raise ValueError(f'class label {int(target.max())} outside the {num_classes} class names: the val '
-                             'shards and the class list (data.dataset.meta.<val>.classes_file) do not match')
-        with precision.autocast():
-            feat = model.encode_image(image)
-        feat = F.normalize(feat.float(), dim=-1)
-        for j, n in enumerate(names):
-            top = (feat @ text[n].t()).topk(k, dim=-1).indices
-            correct[j, 0] += (top[:, 0] == target).sum()
-            correct[j, 1] += (top == target[:, None]).any(dim=-1).sum()
-        count += target.numel()
-        if log_every and i % log_every == 0:
-            get_logger().info(f'Test [{i}] {int(count.item())} images on this rank')
-    if is_distributed():
-        dist.all_reduce(correct)
-        dist.all_reduce(count)
-    model.train(was_training)
-    total = max(count.item(), 1.0)
-    results = {n: {'acc1': 100.0 * correct[j, 0].item() / total, 'acc5': 100.0 * correct[j, 1].item() / total,
-                   'count': int(count.item())} for j, n in enumerate(names)}
-    results['bad'] = sum_counts_over_ranks(bad)
-    return results

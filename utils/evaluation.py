@@ -1,39 +1,13 @@
-"""Evaluation during and after training: zero-shot classification, the segmentation hook, best checkpoints."""
+"""Evaluation after a training epoch: zero-shot classification and segmentation, the best checkpoints."""
 import os.path as osp
-from typing import Callable, Optional
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from datasets import build_class_tokens, format_counts, get_templates, tokenize, val_class_names
-
-from .engine import Trainer, TrainState, evaluate_cls
+from .engine import Trainer
 from .logging import get_logger
-
-
-def class_tokens(cfg: DictConfig) -> dict:
-    """{template set: tokens [N, T, L]} for the selection template and evaluate.cls.extra_templates."""
-    extra = OmegaConf.select(cfg, 'evaluate.cls.extra_templates', default=['full', 'simple'])
-    names = [cfg.evaluate.cls.template, *extra]
-    classes = val_class_names(cfg.data)
-    return {n: build_class_tokens(classes, get_templates(n), tokenize, cfg.data.text_aug.max_seq_len)
-            for n in dict.fromkeys(names)}
-
-
-def run_cls_eval(cfg: DictConfig, model, device, precision, val_loader, tokens: dict, writer=None,
-                 step: int = 0) -> dict:
-    """Zero-shot accuracy per template set, logged (and written to ``writer``)."""
-    logger = get_logger()
-    results = evaluate_cls(model, val_loader, tokens, device, precision)
-    bad = results.pop('bad')
-    val_name = ','.join(cfg.data.dataset.val)
-    for name, r in results.items():
-        logger.info(f"zero-shot {val_name} ({name} templates): acc1 {r['acc1']:.2f}  acc5 {r['acc5']:.2f}  "
-                    f"over {r['count']} images")
-        if writer is not None:
-            writer.scalars({f'val/acc1_{name}': r['acc1'], f'val/acc5_{name}': r['acc5']}, step)
-    if bad:
-        logger.info(f'bad validation data: {format_counts(bad)}')
-    return results
+from .resume import Checkpointer
+from .zero_shot import ClassPrompts, run_cls_eval
 
 
 def seg_split(cfg) -> str:
@@ -75,30 +49,32 @@ def run_seg_eval(cfg: DictConfig, model) -> Optional[float]:
     return miou
 
 
-def update_best(cfg: DictConfig, key: str, value: Optional[float], split: str, epoch: int, state: TrainState,
-                save: Callable) -> None:
+def update_best(cfg: DictConfig, key: str, value: Optional[float], split: str, epoch: int,
+                checkpointer: Checkpointer) -> None:
     """Save ckpt_best_<key> when ``value`` beats the best so far; records metric, value, epoch and split."""
+    state = checkpointer.state
     if value is None or value <= state.best.get(key, {}).get('value', float('-inf')):
         return
     state.best[key] = {'value': value, 'epoch': epoch, 'split': split}
-    path = save(osp.join(cfg.output, f'ckpt_best_{key}'), epoch, best={'metric': key, **state.best[key]})
+    path = checkpointer.save(osp.join(cfg.output, f'ckpt_best_{key}'), epoch, best={'metric': key, **state.best[key]})
     get_logger().info(f'new best {key} {value:.2f} on {split} at epoch {epoch}: {path}')
 
 
-def evaluate_epoch(cfg: DictConfig, epoch: int, trainer: Trainer, val_loader, tokens: dict, save: Callable):
-    """The evaluations of evaluate.task after an epoch; ``save(path, epoch, **extra)`` writes a checkpoint."""
+def evaluate_epoch(cfg: DictConfig, epoch: int, trainer: Trainer, val_loader, prompts: ClassPrompts,
+                   checkpointer: Checkpointer):
+    """The evaluations of evaluate.task after an epoch; a new best metric is saved through `checkpointer`."""
     state = trainer.state
     if 'cls' in cfg.evaluate.task and val_loader is not None:
-        results = run_cls_eval(cfg, trainer.model, trainer.device, trainer.precision, val_loader, tokens,
+        results = run_cls_eval(cfg, trainer.model, trainer.device, trainer.precision, val_loader, prompts,
                                trainer.writer, state.step)
         acc1 = results[cfg.evaluate.cls.template]['acc1']
         split = f"{','.join(cfg.data.dataset.val)} ({cfg.evaluate.cls.template} templates)"
         if cfg.evaluate.cls.save_best:
-            update_best(cfg, 'acc1', acc1, split, epoch, state, save)
+            update_best(cfg, 'acc1', acc1, split, epoch, checkpointer)
     if 'seg' in cfg.evaluate.task:
         miou = run_seg_eval(cfg, trainer.model)
         if miou is not None:
             trainer.writer.scalars({'val/miou': miou}, state.step)
             if cfg.evaluate.seg.save_best:
-                update_best(cfg, 'miou', miou, seg_split(cfg), epoch, state, save)
+                update_best(cfg, 'miou', miou, seg_split(cfg), epoch, checkpointer)
         trainer.model.train()

@@ -5,22 +5,35 @@
 <output>/ckpt_nonfinite_step_<s>/  written when a run stops on repeated non-finite losses
 
 Resume (full state) restores model weights and buffers (PGSeg prototypes included), optimizer, lr schedule,
-GradScaler, epoch and step. Init loads weights only (non-strict) and starts training from scratch.
+GradScaler, epoch and step. Init loads weights only (non-strict) and starts training from scratch. A run's
+`Checkpointer` writes all three kinds and chooses what to resume from.
 """
 import os
 import os.path as osp
 import re
 import shutil
-from typing import List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig
 
 from .checkpoint import CheckpointError, is_complete, load_checkpoint, load_weights, save_checkpoint
-from .engine import TrainState
+from .distributed import barrier, is_main_process
 from .logging import get_logger
 
 EPOCH_PATTERN = re.compile(r'^ckpt_epoch_(\d+)$')
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides the modules: progress, best metrics, bad-data counts."""
+    epoch: int = 0  # the epoch being run (after a restore: the first one to run)
+    step: int = 0  # optimizer updates done so far
+    best: Dict[str, dict] = field(default_factory=dict)
+    nonfinite_in_a_row: int = 0
+    nonfinite_total: int = 0
+    bad_data: Dict[str, dict] = field(default_factory=dict)
 
 
 def epoch_checkpoint_path(output: str, epoch: int) -> str:
@@ -95,40 +108,67 @@ def restore(state: dict, model: torch.nn.Module, optimizer, scheduler, precision
     return int(state['epoch']) + 1, step
 
 
-def save_state(cfg: DictConfig, path: str, model, optimizer, scheduler, precision, state: TrainState, epoch: int,
-               **extra) -> str:
-    """Full training state after ``epoch`` (the last epoch completed)."""
-    return save_checkpoint(path, model.state_dict(), optimizer.state_dict(), scheduler.state_dict(),
-                           precision.state_dict(),
-                           extra={'epoch': epoch, 'step': state.step, 'config': cfg,
-                                  'metrics': {'best': state.best, 'bad_data': state.bad_data,
-                                              'nonfinite_total': state.nonfinite_total}, **extra})
+class Checkpointer:
+    """Writes and restores the training state of one run: the model, optimizer, lr schedule, precision (GradScaler)
+    and TrainState, into the run folder cfg.output. Every rank calls its methods; rank 0 writes."""
 
+    def __init__(self, cfg: DictConfig, model: torch.nn.Module, optimizer, scheduler, precision):
+        self.cfg = cfg
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.precision = precision
+        self.state = TrainState(epoch=int(cfg.train.start_epoch))
 
-def resume_or_init(cfg: DictConfig, model, optimizer, scheduler, precision) -> TrainState:
-    """auto-resume > checkpoint.resume (full state, or init when weights-only) > checkpoint.init."""
-    logger = get_logger()
-    state = TrainState(epoch=int(cfg.train.start_epoch))
-    path, content = newest_loadable(cfg.output) if cfg.checkpoint.auto_resume else (None, None)
-    if path is None and cfg.checkpoint.resume:
-        content = load_checkpoint(cfg.checkpoint.resume)
-        path = cfg.checkpoint.resume
-        if cfg.checkpoint.resume_weights_only or not is_full_state(content):
-            why = ('checkpoint.resume_weights_only is set' if cfg.checkpoint.resume_weights_only
-                   else 'it holds weights only (no training state of this project)')
-            logger.info(f'checkpoint.resume {path}: treated as init because {why}')
-            init_weights(model, path, reason='checkpoint.resume as init')
-            return state
-    elif path is not None and cfg.checkpoint.resume:
-        logger.info(f'auto-resume: a checkpoint in {cfg.output} takes precedence over checkpoint.resume')
-    if path is not None:
-        logger.info(f'resuming from {path}')
-        state.epoch, state.step = restore(content, model, optimizer, scheduler, precision)
-        metrics = content.get('metrics') or {}
-        state.best = dict(metrics.get('best') or {})
-        state.bad_data = dict(metrics.get('bad_data') or {})
-        state.nonfinite_total = int(metrics.get('nonfinite_total') or 0)
-        logger.info(f'resumed at epoch {state.epoch}, step {state.step}')
-    elif cfg.checkpoint.init:
-        init_weights(model, cfg.checkpoint.init)
-    return state
+    def save(self, path: str, epoch: int, **extra) -> str:
+        """Full training state after `epoch` (the last epoch completed) at `path`, plus `extra` entries;
+        rank 0 writes, then every rank waits for it. -> path"""
+        if is_main_process():
+            state = self.state
+            save_checkpoint(path, self.model.state_dict(), self.optimizer.state_dict(), self.scheduler.state_dict(),
+                            self.precision.state_dict(),
+                            extra={'epoch': epoch, 'step': state.step, 'config': self.cfg,
+                                   'metrics': {'best': state.best, 'bad_data': state.bad_data,
+                                               'nonfinite_total': state.nonfinite_total}, **extra})
+        barrier()
+        return path
+
+    def save_epoch(self, epoch: int) -> str:
+        """ckpt_epoch_<epoch>, then all but the newest checkpoint.max_kept epoch checkpoints are removed."""
+        path = self.save(epoch_checkpoint_path(self.cfg.output, epoch), epoch)
+        get_logger().info(f'saved {path}')
+        if is_main_process():
+            prune(self.cfg.output, int(self.cfg.checkpoint.max_kept))
+        return path
+
+    def save_nonfinite(self) -> str:
+        """ckpt_nonfinite_step_<step>: the state before a run of non-finite steps (state.epoch - 1 completed)."""
+        return self.save(osp.join(self.cfg.output, f'ckpt_nonfinite_step_{self.state.step}'), self.state.epoch - 1)
+
+    def resume_or_init(self) -> TrainState:
+        """auto-resume > checkpoint.resume (full state, or init when weights-only) > checkpoint.init; -> the state
+        training continues from (also self.state)."""
+        cfg, logger, state = self.cfg, get_logger(), self.state
+        path, content = newest_loadable(cfg.output) if cfg.checkpoint.auto_resume else (None, None)
+        if path is None and cfg.checkpoint.resume:
+            content = load_checkpoint(cfg.checkpoint.resume)
+            path = cfg.checkpoint.resume
+            if cfg.checkpoint.resume_weights_only or not is_full_state(content):
+                why = ('checkpoint.resume_weights_only is set' if cfg.checkpoint.resume_weights_only
+                       else 'it holds weights only (no training state of this project)')
+                logger.info(f'checkpoint.resume {path}: treated as init because {why}')
+                init_weights(self.model, path, reason='checkpoint.resume as init')
+                return state
+        elif path is not None and cfg.checkpoint.resume:
+            logger.info(f'auto-resume: a checkpoint in {cfg.output} takes precedence over checkpoint.resume')
+        if path is not None:
+            logger.info(f'resuming from {path}')
+            state.epoch, state.step = restore(content, self.model, self.optimizer, self.scheduler, self.precision)
+            metrics = content.get('metrics') or {}
+            state.best = dict(metrics.get('best') or {})
+            state.bad_data = dict(metrics.get('bad_data') or {})
+            state.nonfinite_total = int(metrics.get('nonfinite_total') or 0)
+            logger.info(f'resumed at epoch {state.epoch}, step {state.step}')
+        elif cfg.checkpoint.init:
+            init_weights(self.model, cfg.checkpoint.init)
+        return state

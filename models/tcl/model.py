@@ -199,18 +199,18 @@ class TCL(SegmentationMethod):
         return torch.cat([torch.full_like(masks[:, :1], bg_thresh), masks], dim=1)
 
     # ----- checkpoints ----------------------------------------------------------------------------------------
-    def checkpoint_weights(self, weights: Dict[str, torch.Tensor], source: str) -> Dict[str, torch.Tensor]:
+    def adapt_checkpoint(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """A checkpoint's weights -> the state dict to load strictly. Exactly these published omissions are filled:
         the release (`tcl.pth`: the masker only) gets the CLIP encoders from this model (they came from
         `clip_model`) and log(1/0.07) for an absent temperature; the published trainer's constant PAMR kernels are
         dropped. Anything else missing or extra stays an error of the strict load."""
-        weights = {k: v for k, v in weights.items() if k not in PAMR_KERNELS}
+        weights = {k: v for k, v in state_dict.items() if k not in PAMR_KERNELS}
         own = self.state_dict()
         if any(k.startswith(CLIP_PREFIXES) for k in weights):
             return weights
         if not self.clip_weights_from_file:
-            logger.warning('%s holds no CLIP weights (the released masker); the CLIP encoders keep the RANDOM '
-                           'weights of this model: set model.clip_model to the path of ViT-B-16.pt', source)
+            logger.warning('the checkpoint holds no CLIP weights (the released masker); the CLIP encoders keep the '
+                           'RANDOM weights of this model: set model.clip_model to the path of ViT-B-16.pt')
         weights.update({k: v for k, v in own.items() if k.startswith(CLIP_PREFIXES)})
         for name in TEMPERATURES:
             if name in own and name not in weights:

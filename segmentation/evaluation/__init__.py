@@ -5,12 +5,11 @@ from .evaluator import benchmark_from_cfg, build_segmentor, evaluate_background,
 from .metric import SegIoUMetric
 from .report import format_table, write_report
 from .segmentor import ZeroShotSegmentor, slide_windows
-from .text import class_text_embedding, segmentation_templates
 from .zero_shot import method_options, zero_shot_logits
 
 __all__ = [
     'zero_shot_logits', 'method_options', 'evaluate_seg', 'evaluate_background', 'build_segmentor',
     'run_benchmark', 'benchmark_from_cfg', 'load_benchmark', 'select_split', 'build_benchmark_dataset',
     'class_names', 'prompt_names', 'describe', 'format_protocol', 'SegIoUMetric', 'ZeroShotSegmentor',
-    'slide_windows', 'class_text_embedding', 'segmentation_templates', 'format_table', 'write_report'
+    'slide_windows', 'format_table', 'write_report'
 ]

@@ -6,7 +6,9 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmseg.registry import DATASETS
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+
+from datasets.templates import template_set_problem
+from utils.config import ConfigError, parse_opts
 
 from ..datasets import SegDataError, check_dataset_cfg, check_samples
 
@@ -30,25 +32,16 @@ def _has_key(cfg, dotted):
     return True
 
 
-def parse_overrides(opts, source='evaluate.seg.opts'):
-    """['test_cfg.bg_thresh=0.36', ...] -> nested dict with YAML-typed values."""
-    items = [str(o) for o in (opts or [])]
-    bad = [o for o in items if '=' not in o]
-    if bad:
-        raise SegDataError(f"{source}: '{bad[0]}' is not key=value")
-    try:
-        return OmegaConf.to_container(OmegaConf.from_dotlist(items))
-    except OmegaConfBaseException as e:
-        raise SegDataError(f'{source}: {str(e).splitlines()[0]}') from None
-
-
 def load_benchmark(path, opts=(), template=None):
     """Read a benchmark config; `opts` override its keys (unknown keys are an error); `template` is the
     template set used when the config does not fix one (GroupViT presets take it from evaluate.seg.template)."""
     if not osp.isfile(path):
         raise SegDataError(f'segmentation config not found: {path}')
     cfg = Config.fromfile(path)
-    overrides = parse_overrides(opts)
+    try:
+        overrides = OmegaConf.to_container(parse_opts(opts, source='evaluate.seg.opts'))
+    except ConfigError as e:
+        raise SegDataError(str(e)) from None
     known = cfg.to_dict()
     for key, _ in _flatten(overrides):
         if not _has_key(known, key) and not key.startswith('prompt_names.'):
@@ -56,6 +49,9 @@ def load_benchmark(path, opts=(), template=None):
     cfg.merge_from_dict(overrides)
     if cfg.test_cfg.get('template') is None:
         cfg.test_cfg.template = template or DEFAULT_TEMPLATE
+    problem = template_set_problem(cfg.test_cfg.template, f'{path}: test_cfg.template')
+    if problem:
+        raise SegDataError(problem)
     cfg.config_path = path
     cfg.overrides = [str(o) for o in opts or []]
     return cfg

@@ -3,28 +3,21 @@ import os.path as osp
 import time
 
 import torch
-import torch.distributed as dist
 from mmengine.dataset import DefaultSampler, pseudo_collate
 from mmengine.structures import PixelData
 from mmseg.models import SegDataPreProcessor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from datasets.templates import get_templates
+from utils.distributed import backend, get_rank
+from utils.zero_shot import class_embeddings
+
 from .benchmark import (build_benchmark_dataset, class_names, describe, load_benchmark, prompt_names,
                         select_split)
 from .metric import SegIoUMetric
 from .segmentor import ZeroShotSegmentor
-from .text import class_text_embedding
 from .vis import save_overlay
-
-
-def _rank():
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def _collect_device():
-    distributed = dist.is_available() and dist.is_initialized()
-    return 'gpu' if distributed and dist.get_backend() == 'nccl' else 'cpu'
 
 
 def benchmark_from_cfg(cfg, overrides=()):
@@ -37,7 +30,7 @@ def build_segmentor(model, dataset, bench):
     """Text embeddings of the benchmark's classes, wrapped with the test protocol around `model`."""
     classes, with_bg = class_names(dataset)
     device = next(model.parameters()).device
-    text = class_text_embedding(model, prompt_names(bench, classes, with_bg), bench.test_cfg.template)
+    text = class_embeddings(model, prompt_names(bench, classes, with_bg), get_templates(bench.test_cfg.template))
     preprocessor = SegDataPreProcessor(**{k: v for k, v in bench.data_preprocessor.items() if k != 'type'})
     return ZeroShotSegmentor(model, text, with_bg, bench.test_cfg, data_preprocessor=preprocessor).to(device)
 
@@ -60,11 +53,11 @@ def _predict_background(data):
 def run_benchmark(predict, dataset, bench, *, vis=0, output_dir=None, progress=True, desc='seg'):
     """predict: data batch -> list of SegDataSample with pred_sem_seg -> metrics dict (percent)."""
     classes, with_bg = class_names(dataset)
-    metric = SegIoUMetric(ignore_index=255, collect_device=_collect_device())
+    metric = SegIoUMetric(ignore_index=255, collect_device='gpu' if backend() == 'nccl' else 'cpu')
     metric.dataset_meta = dataset.metainfo
     sampler, loader = _loader(dataset, bench)
     start, vis_files = time.time(), []
-    bar = tqdm(zip(sampler, loader), total=len(sampler), desc=desc, disable=not progress or _rank() != 0,
+    bar = tqdm(zip(sampler, loader), total=len(sampler), desc=desc, disable=not progress or get_rank() != 0,
                dynamic_ncols=True, mininterval=1.0)
     with torch.no_grad():
         for index, data in bar:
