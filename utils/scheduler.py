@@ -45,21 +45,20 @@ def scale_lr(train_cfg: DictConfig, batch_size: int, world_size: int) -> ScaledL
 
 def build_scheduler(train_cfg: DictConfig, optimizer: torch.optim.Optimizer, lrs: ScaledLR,
                     updates_per_epoch: int) -> CosineLRScheduler:
-    """Linear warm-up from warmup_lr over warmup_epochs, then cosine to min_lr, per optimizer update. The cosine
-    spans all updates, warm-up included (timm's default), or with ``train.lr_scheduler.warmup_prefix`` starts at
-    base_lr after the warm-up and spans the rest. Call ``step_update(num_updates)`` after every optimizer update."""
+    """Cosine from base_lr to min_lr over all optimizer updates, after warmup_epochs of linear warm-up from
+    warmup_lr (``lr_scheduler.warmup_prefix``: the cosine starts when the warm-up ends). Call
+    ``step_update(num_updates)`` after every optimizer update. A param group's ``lr_scale`` multiplies its rate."""
     name = train_cfg.lr_scheduler.name
     if name != 'cosine':
         raise ValueError(f"train.lr_scheduler.name: only 'cosine' is supported, got {name!r}")
     for group in optimizer.param_groups:
         group['lr'] = lrs.base_lr
         group['initial_lr'] = lrs.base_lr
-    total = int(train_cfg.epochs * updates_per_epoch)
-    warmup = int(train_cfg.warmup_epochs * updates_per_epoch)
+    total, warmup = int(train_cfg.epochs * updates_per_epoch), int(train_cfg.warmup_epochs * updates_per_epoch)
     prefix = bool(OmegaConf.select(train_cfg, 'lr_scheduler.warmup_prefix', default=False))
     return CosineLRScheduler(
         optimizer,
-        t_initial=total - warmup if prefix else total,
+        t_initial=max(total - warmup, 1) if prefix else total,
         lr_min=lrs.min_lr,
         warmup_lr_init=lrs.warmup_lr,
         warmup_t=warmup,
