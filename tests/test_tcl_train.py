@@ -33,7 +33,7 @@ def metrics(folder):
 def toy(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('tcl_toy')
     world = tmp / 'toy'
-    make_toy_world(str(world), train_samples=16, samples_per_shard=16, cls_samples=8, seg_val=2, seg_tune=2)
+    make_toy_world(str(world), train_samples=16, samples_per_shard=16, cls_samples=8, seg_val=1, seg_tune=1)
     return {'tmp': tmp, 'world': str(world)}
 
 
