@@ -151,8 +151,8 @@ def format_table(results: dict) -> str:
         lines.append(f"TCL per crop, ours vs the published computation (crop {tcl['crop_size']}, {tcl['num_classes']} "
                      f"classes, PAMR {'on' if tcl['pamr'] else 'off'}, kp_w {tcl['kp_w']})")
         lines.append(_row(f'  ours s (published {r["published_s"]:.3g} s)', r['ours_s']))
-        lines.append(_row(f'  speedup (peak MiB ours {r["ours_peak_mib"]:.0f}, published {r["published_peak_mib"]:.0f})',
-                          r['speedup']))
+        lines.append(_row(f'  speedup (peak MiB ours {r["ours_peak_mib"]:.0f}, published '
+                          f'{r["published_peak_mib"]:.0f})', r['speedup']))
         lines.append(_row('  max |logits ours - published|', r['max_abs_diff'], '{:.2e}'))
         lines.append(_row('  pixels with another label', r['label_mismatch'], '{}'))
     levers = s.get('levers')

@@ -183,7 +183,8 @@ class InfoNCE(nn.Module):
         logits_per_img = image_emb @ all_gather_with_grad(text_emb).t()
         logits_per_text = text_emb @ all_gather_with_grad(image_emb).t()
         scale = torch.clamp(self.logit_scale.exp(), max=100)
-        return 0.5 * (F.cross_entropy(logits_per_img * scale, labels) + F.cross_entropy(logits_per_text * scale, labels))
+        return 0.5 * (F.cross_entropy(logits_per_img * scale, labels)
+                      + F.cross_entropy(logits_per_text * scale, labels))
 
 
 class ExtendedInfoNCE(InfoNCE):
@@ -193,11 +194,13 @@ class ExtendedInfoNCE(InfoNCE):
         """image_emb: [B, B * world, C] (image i pooled by the mask of global text j); text_emb: [B, C] -> scalar."""
         B, world = image_emb.shape[0], get_world_size()
         if image_emb.shape[1] != B * world:
-            raise ValueError(f'image_emb must be [B, B * world, C] = [{B}, {B * world}, C], got {tuple(image_emb.shape)}')
+            raise ValueError(f'image_emb must be [B, B * world, C] = [{B}, {B * world}, C], got '
+                             f'{tuple(image_emb.shape)}')
         labels = self.labels(B, image_emb.device)
         image_emb, text_emb = normalize(image_emb, -1), normalize(text_emb, -1)
         logits_per_img = torch.einsum('bnc,nc->bn', image_emb, all_gather_with_grad(text_emb))
         own_texts = image_emb.chunk(world, dim=1)[get_rank()].contiguous()  # [B, B, C]: this rank's texts
         logits_per_text = torch.einsum('nbc,bc->bn', all_gather_with_grad(own_texts), text_emb)
         scale = torch.clamp(self.logit_scale.exp(), max=100)
-        return 0.5 * (F.cross_entropy(logits_per_img * scale, labels) + F.cross_entropy(logits_per_text * scale, labels))
+        return 0.5 * (F.cross_entropy(logits_per_img * scale, labels)
+                      + F.cross_entropy(logits_per_text * scale, labels))
