@@ -1,6 +1,7 @@
 from .captions import build_text_transform
 from .imagenet import imagenet_classes, val_class_names
 from .shards import ShardConfigError, build_train_data, build_val_loader, format_counts, merge_counts
+from .superpixels import superpixel_patch_labels  # noqa: F401  (SegCLIP's superpixel labels)
 from .templates import TEMPLATE_SETS, get_templates
 from .tokenizer import tokenize
 from .transforms import build_img_transform

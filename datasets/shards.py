@@ -250,6 +250,8 @@ def stack_samples(items: list):
 class TrainStream(torch.utils.data.IterableDataset):
     """Infinite, shuffled stream of batches {'image': [B,3,H,W], 'text': [B,77] or [B,1+k,77], 'bad': counts}.
 
+    An image transform that returns a dict (e.g. {'image', 'seg_labels'} with data.img_aug.superpixels) puts each of
+    its tensors into the batch under its name.
     sample_transform: (raw sample {extension: bytes, '__url__', '__key__', ...}, RGB image, caption) -> the sample's
     named tensors (or dicts of tensors), used instead of the two transforms when a method trains on more than
     an image and its caption tokens (models.base.SegmentationMethod.train_sample_transform); it may raise
@@ -317,7 +319,8 @@ class TrainStream(torch.utils.data.IterableDataset):
             try:
                 img, text = decode_image(sample, counter), decode_caption(sample)
                 if self.sample_transform is None:
-                    item = {'image': self.img_transform(img), 'text': self.text_transform(text)}
+                    view = self.img_transform(img)
+                    item = {**(view if isinstance(view, dict) else {'image': view}), 'text': self.text_transform(text)}
                 else:
                     item = self.sample_transform(sample, img, text)
             except BadSample as bad:

@@ -2,7 +2,7 @@
 
 Uses the benchmark code of `segmentation/` unchanged: a protocol preset (segmentation/configs/_base_/datasets/*.py)
 gives the resize, the sliding window, the template set, the background rule and threshold, and the class names;
-`ZeroShotSegmentor` does the per-crop inference (`zero_shot_logits`' arithmetic) and the sliding window.
+`ZeroShotSegmentor` (or its compact form for many classes) runs the method per crop and the sliding window.
 """
 import glob
 import os
@@ -17,8 +17,8 @@ import torch
 import segmentation  # noqa: F401  (makes mmcv.ops importable before mmseg)
 from segmentation.datasets import SegDataError, read_toy_classes
 from datasets.templates import get_templates
-from segmentation.evaluation import ZeroShotSegmentor, load_benchmark, prompt_names
-from segmentation.evaluation.resize import resized_argmax
+from segmentation.evaluation import load_benchmark, prompt_names
+from segmentation.evaluation.compact import build_zero_shot_segmentor, labels_at_size
 from utils.zero_shot import class_embeddings
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -163,11 +163,10 @@ class Segmenter:
         text = self.text_embedding(vocab.prompts)
         test_cfg = dict(self.bench.test_cfg)
         test_cfg['bg_thresh'] = self.default_bg_thresh if bg_thresh is None else float(bg_thresh)
-        segmentor = ZeroShotSegmentor(self.model, text, vocab.with_bg, test_cfg).eval()
+        segmentor = build_zero_shot_segmentor(self.model, text, vocab.with_bg, test_cfg).eval()
         inputs = self.to_tensor(self.resize(image))
         meta = dict(ori_shape=image.shape[:2], img_shape=tuple(inputs.shape[-2:]), pad_shape=tuple(inputs.shape[-2:]))
-        logits = segmentor.inference(inputs, [meta])[0]
-        labels = resized_argmax(logits, image.shape[:2])[0].cpu().numpy()
+        labels = labels_at_size(segmentor.inference(inputs, [meta]), image.shape[:2])[0].cpu().numpy()
         pred = Prediction(labels, list(vocab.names), vocab.with_bg)
         if with_groups:
             self._add_groups(pred, inputs, image.shape[:2], text, vocab, test_cfg)

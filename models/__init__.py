@@ -5,6 +5,7 @@ from .clip.contrastive import ContrastiveCLIP
 from .groupvit import GroupViT, MultiLabelContrastive
 from .ovsegmentor import OVSegmentor
 from .pgseg import PGSeg, PGSegContrastive
+from .segclip import SegCLIP  # noqa: F401  (registers SegCLIP)
 from .tcl import TCL
 from .text_transformer import TextTransformer
 

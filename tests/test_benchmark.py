@@ -71,3 +71,17 @@ def test_protocol_resize_matches_mmseg_keep_ratio():
 def test_bad_arguments_stop_with_one_line(tmp_path):
     with pytest.raises(SystemExit, match='--sections: unknown'):
         main(['--out', str(tmp_path / 'r.json'), '--sections', 'train,speed'])
+
+
+def test_seg_memory_reports_a_919_class_evaluation(tmp_path, capsys):
+    """The memory benchmark's path end to end, tiny architecture and a small picture (the 3000x4000 measurement
+    runs in its own process: python benchmarks/seg_memory.py); a budget it exceeds is exit status 1."""
+    from benchmarks import seg_memory
+    out = tmp_path / 'memory.json'
+    with pytest.raises(SystemExit) as info:
+        seg_memory.main(['--quick', '--size', '300', '500', '--device', 'cpu', '--out', str(out),
+                         '--max-rss-mib', '1'])
+    assert info.value.code == 1 and 'exceeds --max-rss-mib 1' in capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report['num_classes'] == 920 and report['original_hw'] == [300, 500] and report['logits'] == 'compact'
+    assert report['peak_rss_mib'] >= report['rss_after_model_mib'] > 0 and 0 <= report['mIoU'] <= 100

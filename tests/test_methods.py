@@ -26,12 +26,13 @@ def method_classes():
 
 
 def image_size(name):
-    """The tiny model's input size: its image encoder's img_size, else the training image size."""
+    """The tiny model's input size: its image encoder's img_size, else the training crop's."""
     cfg = tiny_config(name)
-    return int(OmegaConf.select(cfg, 'model.img_encoder.img_size', default=None) or cfg.data.img_aug.img_size)
+    return int(OmegaConf.select(cfg, 'model.img_encoder.img_size', default=cfg.data.img_aug.img_size))
 
 
 def training_inputs(model, name, batch=2):
+    """image and text, and 'seg_labels' [B, h, w] when the config asks the data pipeline for superpixels."""
     cfg = tiny_config(name)
     size = image_size(name)
     captions = ['a dog on grass', 'a red car under the sky', 'two cats', 'a cat and a dog'][:batch]
@@ -40,7 +41,11 @@ def training_inputs(model, name, batch=2):
     if multi_label:
         prompts = model.tokenize([f'a photo of a {w}.' for w in CLASS_NAMES[:multi_label]])
         text = torch.cat([text[:, None], prompts[None].expand(batch, -1, -1)], dim=1)
-    return {'image': torch.randn(batch, 3, size, size), 'text': text}
+    inputs = {'image': torch.randn(batch, 3, size, size), 'text': text}
+    if OmegaConf.select(cfg, 'data.img_aug.superpixels.enabled', default=False):
+        grid = size // int(cfg.data.img_aug.superpixels.patch_size)
+        inputs['seg_labels'] = torch.randint(0, 3, (batch, grid, grid), generator=torch.Generator().manual_seed(0))
+    return inputs
 
 
 def test_every_method_has_a_tiny_config():
@@ -73,9 +78,11 @@ def test_training_step_reaches_every_trainable_parameter(method_name):
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     reached = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0]
     assert len(reached) >= 0.9 * len(trainable), sorted(set(trainable) - set(reached))
-    for encoder in ('img_encoder', 'text_encoder'):  # an encoder that trains is reached
-        if any(n.startswith(encoder) for n in trainable):
-            assert any(n.startswith(encoder) for n in reached), encoder
+    image_tower = [n for n in trainable if n.startswith(('img_encoder.', 'clip.visual.', 'masker.'))]
+    text_tower = [n for n in trainable if n.startswith(('text_encoder.', 'clip.transformer.'))]
+    frozen_text = any(n.startswith('clip_text_encoder.') for n, p in model.named_parameters() if not p.requires_grad)
+    assert image_tower and (text_tower or frozen_text)  # TCL trains its masker on a frozen CLIP
+    assert set(image_tower) & set(reached) and (not text_tower or set(text_tower) & set(reached))
 
 
 def test_training_loss_sums_only_loss_terms():

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from PIL import Image
 
 import segmentation  # noqa: F401
-from segmentation.datasets import SegDataError
+from segmentation.datasets import SegDataError, encode_rgb_label_ids, imagenet_s_wnids
 from segmentation.evaluation import (build_benchmark_dataset, evaluate_background, load_benchmark, prompt_names,
                                      select_split)
 
@@ -79,6 +80,29 @@ def make_cityscapes(root):
     return root
 
 
+def make_imagenet_s(root, version=919, stripes=(0, 300, 1000)):
+    """LUSSeg's release layout; the mask is RGB with id = R + 256 * G (1000 ignored)."""
+    data_root = root / f'ImageNetS{version}'
+    stem = f'{imagenet_s_wnids(version)[0]}/ILSVRC2012_val_00000001'
+    write_image(data_root / 'validation' / f'{stem}.JPEG')
+    mask = data_root / 'validation-segmentation' / f'{stem}.png'
+    mask.parent.mkdir(parents=True, exist_ok=True)
+    ids = np.repeat(np.array(stripes), W // len(stripes))[None].repeat(H, 0)
+    Image.fromarray(encode_rgb_label_ids(ids)).save(mask)
+    return data_root
+
+
+def make_lvis(root):
+    """PGSeg's LVIS layout; 16-bit masks (0 background, 1..1203, 65535 ignored)."""
+    write_image(root / 'images/000000000139.jpg')
+    (root / 'annotations').mkdir(parents=True)
+    ids = np.repeat(np.array([0, 1203, 65535], np.uint16), W // 3)[None].repeat(H, 0)
+    Image.fromarray(ids).save(root / 'annotations/000000000139.png')
+    (root / 'split').mkdir()
+    (root / 'split/val_lvis.txt').write_text('000000000139\n')
+    return root
+
+
 def make_toy(root):
     subprocess.run([sys.executable, str(ROOT / 'tools/make_toy_data.py'), '--out', str(root), '--train-samples', '2',
                     '--samples-per-shard', '2', '--cls-samples', '2', '--seg-val', '3', '--seg-tune', '2'],
@@ -102,6 +126,10 @@ CASES = [
     ('tcl_coco_stuff.py', make_coco, 171, False, [0, 170, 255]),
     ('tcl_ade20k.py', make_ade, 150, False, [255, 0, 149]),
     ('tcl_cityscapes.py', make_cityscapes, 19, False, [0, 18, 255]),
+    ('pgseg_imagenet_s919.py', make_imagenet_s, 920, True, [0, 300, 1000]),
+    ('pgseg_imagenet_s300.py', partial(make_imagenet_s, version=300), 301, True, [0, 300, 1000]),
+    ('pgseg_imagenet_s50.py', partial(make_imagenet_s, version=50, stripes=(0, 50, 1000)), 51, True, [0, 50, 1000]),
+    ('pgseg_lvis.py', make_lvis, 1204, True, [0, 1203, 65535]),
 ]
 
 

@@ -153,8 +153,13 @@ class CLIP(nn.Module):
         return self.visual(image)
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        """text: [B, context_length] token ids (end-of-text has the largest id) -> [B, embed_dim] (unnormalised)."""
-        x = self.token_embedding(text).to(self.dtype) + self.positional_embedding.to(self.dtype)
-        x = self.transformer(x.permute(1, 0, 2), self.attn_mask.to(x.dtype)).permute(1, 0, 2)
+        """text: [B, L] token ids, L <= context_length (end-of-text has the largest id) -> [B, embed_dim]
+        (unnormalised). A shorter L uses the first L positions and the top-left L x L of the causal mask, as
+        SegCLIP's copy of CLIP does for its 32-token training captions."""
+        L = text.shape[1]
+        if L > self.context_length:
+            raise ValueError(f'text of {L} tokens is longer than the context length {self.context_length}')
+        x = self.token_embedding(text).to(self.dtype) + self.positional_embedding[:L].to(self.dtype)
+        x = self.transformer(x.permute(1, 0, 2), self.attn_mask[:L, :L].to(x.dtype)).permute(1, 0, 2)
         x = self.ln_final(x)
         return x[torch.arange(x.shape[0], device=x.device), text.argmax(dim=-1)] @ self.text_projection

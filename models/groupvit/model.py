@@ -12,6 +12,7 @@ from utils.distributed import all_gather_with_grad, get_rank, get_world_size
 from ..base import GroupView, SegmentationMethod
 from ..builder import MODELS
 from ..layers import ProjectMLP
+from ..superpixel_kl import superpixel_kl_loss
 from . import segmentation
 
 
@@ -46,7 +47,7 @@ class MultiLabelContrastive(SegmentationMethod):
         return super().__new__(cls)
 
     def __init__(self, img_encoder, text_encoder, output_dim=256, contrast_temperature=0.07, proj_num_layers=2,
-                 multi_label=0, share_temperature=False, multi_label_loss_weight=1.0):
+                 multi_label=0, share_temperature=False, multi_label_loss_weight=1.0, superpixel_kl_weight=0.0):
         super().__init__()
         self.img_encoder = MODELS.build(img_encoder)
         self.text_encoder = self.build_text_encoder(text_encoder)
@@ -66,6 +67,8 @@ class MultiLabelContrastive(SegmentationMethod):
         if self.with_multi_label and not share_temperature:
             self.multi_label_logit_scale = nn.Parameter(torch.ones([]) * np.log(1 / contrast_temperature))
         self.multi_label_loss_weight = multi_label_loss_weight
+        # > 0: SegCLIP's superpixel KL loss on the first grouping stage's hard assignment (needs seg_labels)
+        self.superpixel_kl_weight = superpixel_kl_weight
 
     def build_text_encoder(self, cfg) -> nn.Module:
         return MODELS.build(cfg)
@@ -143,12 +146,21 @@ class MultiLabelContrastive(SegmentationMethod):
         return {'text_x': self.text_encoder(text.flatten(0, 1) if text.dim() == 3 else text)}
 
     def forward_train(self, image, text, **inputs):
-        """image: [B, 3, H, W]; text: [B, L] or [B, 1 + k, L] -> {'loss', 'multi_label_loss'} (scalars)."""
+        """image: [B, 3, H, W]; text: [B, L] or [B, 1 + k, L] -> {'loss', 'multi_label_loss'} (scalars), and
+        'loss_superpixel_kl' with superpixel_kl_weight > 0 (inputs['seg_labels']: [B, h, w] id per patch)."""
+        with_kl = self.superpixel_kl_weight > 0
+        if with_kl and 'seg_labels' not in inputs:
+            raise ValueError('superpixel_kl_weight > 0 needs seg_labels in the batch: set '
+                             'data.img_aug.superpixels.enabled: true')
         text_outs = self.encode_text(text, as_dict=True)
-        tokens, stages = self.img_encoder.forward_features(image)
+        tokens, stages = self.img_encoder.forward_features(image, return_attn=with_kl)
         image_x = self.img_projector(self.img_encoder.pool(tokens))
         losses = {'loss': self.loss(image_x, text_outs['text_x'])}
         losses.update(self.extra_losses(stages, text_outs))
+        if with_kl:
+            hard = stages[0].attn_dict['hard'][:, 0].transpose(1, 2)  # [B, L, G]
+            losses['loss_superpixel_kl'] = self.superpixel_kl_weight * superpixel_kl_loss(
+                hard, inputs['seg_labels'].reshape(hard.shape[0], -1))
         if self.with_multi_label:
             losses['multi_label_loss'] = self.multi_label_loss_weight * self.multi_label_loss(
                 image_x.unsqueeze(1), text_outs['text_multi_label_x'])
@@ -164,6 +176,12 @@ class MultiLabelContrastive(SegmentationMethod):
         models/groupvit/segmentation.py for the options."""
         return segmentation.segment_crops(self, img, text_embedding, with_bg, bg_thresh, top_k, bg_rule, pamr,
                                           pamr_iters, pamr_dilations, pamr_downsample, amp_dtype)
+
+    def zero_shot_group_rows(self, img, text_embedding, with_bg, bg_thresh, top_k=5, bg_rule='groupvit',
+                             amp_dtype=None, **unused_options):
+        """img: [B, 3, H, W] -> (final group of every pixel [B, H, W], each group's logits [B, G, N (+1)]): what
+        zero_shot_logits gives every pixel of a group without PAMR, for segmentation/evaluation/compact.py."""
+        return segmentation.group_rows(self, img, text_embedding, with_bg, bg_thresh, top_k, bg_rule, amp_dtype)
 
     @torch.no_grad()
     def group_view(self, img, text_embedding, bg_thresh=0.95, top_k=5, bg_rule='groupvit') -> Optional[GroupView]:

@@ -117,6 +117,25 @@ def segment_crops(model, img, text_embedding, with_bg, bg_thresh, top_k=5, bg_ru
     return torch.cat([background, scores], dim=1)
 
 
+def group_rows(model, img, text_embedding, with_bg, bg_thresh, top_k=5, bg_rule='groupvit', amp_dtype=None):
+    """img: [B, 3, H, W] -> (final group of every pixel [B, H, W] long, rows [B, G, N (+1)]: each group's logits,
+    background first when with_bg), the values segment_crops gives the group's pixels (without PAMR)."""
+    if bg_rule not in BG_RULES:
+        raise ValueError(f'bg_rule must be one of {BG_RULES}, got {bg_rule!r}')
+    maps, groups, pooled = encode_crops(model, img, amp_dtype)
+    rows = []
+    for b in range(img.shape[0]):
+        affinity = group_class_affinity(groups[b], pooled[b:b + 1], text_embedding, model.logit_scale,
+                                        top_k).to(img.dtype)  # [G, N]
+        if with_bg and bg_rule == 'tcl':
+            affinity = torch.cat([torch.full_like(affinity[:, :1], bg_thresh), affinity], dim=1)
+        elif with_bg:
+            background = groupvit_background(affinity.T[None, :, :, None], affinity.max()[None], bg_thresh)
+            affinity = torch.cat([background[0, 0], affinity], dim=1)
+        rows.append(affinity)
+    return maps.argmax(dim=-1), torch.stack(rows)
+
+
 def group_view(model, img, text_embedding, bg_thresh, top_k=5, bg_rule='groupvit') -> GroupView:
     """img: [1, 3, H, W] -> the soft group maps of every grouping stage at [H, W] and the final groups' class
     affinities, from one encoder pass."""

@@ -15,8 +15,8 @@ from utils.zero_shot import class_embeddings
 
 from .benchmark import (build_benchmark_dataset, class_names, describe, load_benchmark, prompt_names,
                         select_split)
+from .compact import build_zero_shot_segmentor
 from .metric import SegIoUMetric
-from .segmentor import ZeroShotSegmentor
 from .vis import save_overlay
 
 
@@ -27,12 +27,13 @@ def benchmark_from_cfg(cfg, overrides=()):
 
 
 def build_segmentor(model, dataset, bench):
-    """Text embeddings of the benchmark's classes, wrapped with the test protocol around `model`."""
+    """Text embeddings of the benchmark's classes, wrapped with the test protocol around `model`
+    (test_cfg.compact_logits: CompactZeroShotSegmentor, the same labels in less memory)."""
     classes, with_bg = class_names(dataset)
     device = next(model.parameters()).device
     text = class_embeddings(model, prompt_names(bench, classes, with_bg), get_templates(bench.test_cfg.template))
     preprocessor = SegDataPreProcessor(**{k: v for k, v in bench.data_preprocessor.items() if k != 'type'})
-    return ZeroShotSegmentor(model, text, with_bg, bench.test_cfg, data_preprocessor=preprocessor).to(device)
+    return build_zero_shot_segmentor(model, text, with_bg, bench.test_cfg, data_preprocessor=preprocessor).to(device)
 
 
 def _loader(dataset, bench):
@@ -53,7 +54,7 @@ def _predict_background(data):
 def run_benchmark(predict, dataset, bench, *, vis=0, output_dir=None, progress=True, desc='seg'):
     """predict: data batch -> list of SegDataSample with pred_sem_seg -> metrics dict (percent)."""
     classes, with_bg = class_names(dataset)
-    metric = SegIoUMetric(ignore_index=255, collect_device='gpu' if backend() == 'nccl' else 'cpu')
+    metric = SegIoUMetric(ignore_index=dataset.ignore_index, collect_device='gpu' if backend() == 'nccl' else 'cpu')
     metric.dataset_meta = dataset.metainfo
     sampler, loader = _loader(dataset, bench)
     start, vis_files = time.time(), []
