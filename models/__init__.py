@@ -8,6 +8,7 @@ from .pgseg import PGSeg, PGSegContrastive
 from .segclip import SegCLIP  # noqa: F401  (registers SegCLIP)
 from .tcl import TCL
 from .text_transformer import TextTransformer
+from . import training_free  # noqa: F401  (registers MaskCLIP, SCLIP, ClearCLIP, NACLIP)
 
 __all__ = ['MODELS', 'build_model', 'SegmentationMethod', 'GroupView', 'training_loss', 'MultiLabelContrastive',
            'GroupViT', 'PGSeg', 'PGSegContrastive', 'TextTransformer', 'ContrastiveCLIP', 'TCL']

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from models.clip import (CLIP, CLIP_ARCHITECTURES, architecture_from_state_dict, build_clip, read_openai_file,
                          resize_positional_embedding)
 from reference_weights import openai_clip_entries, openai_like_state_dict
-from utils.checkpoint import CheckpointError
+from utils.checkpoint import CheckpointError, read_checkpoint
 
 TINY = dict(embed_dim=32, image_resolution=64, vision_layers=2, vision_width=128, vision_patch_size=16,
             context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=2)
@@ -112,9 +112,8 @@ class OpenAIStyleCLIP(torch.nn.Module):
             setattr(self, name, child)
         for name in ('positional_embedding', 'text_projection', 'logit_scale'):
             setattr(self, name, getattr(clip, name))
-        self.register_buffer('attn_mask', clip.attn_mask, persistent=False)
         self.register_buffer('input_resolution', torch.tensor(64))
-        self.register_buffer('context_length', torch.tensor(77))
+        self.register_buffer('context_length', torch.tensor(clip.context_length))
         self.register_buffer('vocab_size', torch.tensor(49408))
         self.clip = [clip]  # not a submodule: the forward only
 
@@ -126,7 +125,8 @@ def write_traced_clip(model, path):
     """torch.jit.trace + save of `model` in OpenAI's layout, the tensors OpenAI stores as float16 stored so."""
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        traced = torch.jit.trace(OpenAIStyleCLIP(copy.deepcopy(model)), (torch.randn(1, 3, 64, 64), tokens(1)), check_trace=False)
+        traced = torch.jit.trace(OpenAIStyleCLIP(copy.deepcopy(model)),
+                                 (torch.randn(1, 3, 64, 64), tokens(1)[:, :model.context_length]), check_trace=False)
     entries = openai_clip_entries()
     with torch.no_grad():
         for name, param in traced.named_parameters():
@@ -144,7 +144,7 @@ def test_reads_a_torchscript_clip_file(tmp_path):
     assert any(n.endswith('/constants.pkl') for n in names) and any('/code/' in n for n in names)
     state_dict, integers = read_openai_file(path)
     expected = model.state_dict()
-    assert set(state_dict) == set(expected) | {'attn_mask'}  # a traced module keeps its non-persistent buffers
+    assert set(state_dict) == set(expected)
     for name, value in expected.items():
         assert state_dict[name].dtype == torch.float32 and torch.equal(state_dict[name], value), name
     assert integers == {'input_resolution': 64, 'context_length': 77, 'vocab_size': 49408}
@@ -166,6 +166,7 @@ def test_reads_a_torch_save_state_dict(tmp_path):
 def write_archive(path, data_pkl, storages=()):
     with zipfile.ZipFile(path, 'w') as archive:
         archive.writestr('archive/data.pkl', data_pkl)
+        archive.writestr('archive/constants.pkl', pickle.dumps((), protocol=2))  # what marks a TorchScript archive
         archive.writestr('archive/version', '3\n')
         for key, raw in storages:
             archive.writestr(f'archive/data/{key}', raw)
@@ -222,7 +223,7 @@ def test_refuses_a_data_pkl_that_would_run_code(tmp_path, kind):
     payload = malicious_data_pkl(kind, marker)
     path = tmp_path / 'evil.pt'
     write_archive(path, payload)
-    for read in (read_openai_file, build_clip):
+    for read in (read_openai_file, build_clip, read_checkpoint):  # read_checkpoint: what --resume uses
         with pytest.raises(CheckpointError) as error:
             read(str(path))
         message = str(error.value)

@@ -1,6 +1,7 @@
 """Every registered method through the contract of models/base.py, from its tiny config (tests/configs/)."""
 import inspect
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -29,6 +30,10 @@ def image_size(name):
     """The tiny model's input size: its image encoder's img_size, else the training crop's."""
     cfg = tiny_config(name)
     return int(OmegaConf.select(cfg, 'model.img_encoder.img_size', default=cfg.data.img_aug.img_size))
+
+
+def trains(model):
+    return type(model).forward_train is not SegmentationMethod.forward_train
 
 
 def training_inputs(model, name, batch=2):
@@ -71,6 +76,11 @@ def test_encoders_and_class_embeddings(method_name):
 def test_training_step_reaches_every_trainable_parameter(method_name):
     torch.manual_seed(0)
     model = build_tiny(method_name).train()
+    if not trains(model):  # a training-free method: frozen, and it says so when asked to train
+        assert not any(p.requires_grad for p in model.parameters())
+        with pytest.raises(NotImplementedError, match='cannot be trained'):
+            model.forward_train(**training_inputs(model, method_name))
+        return
     terms = model.forward_train(**training_inputs(model, method_name))
     loss = training_loss(terms)
     assert loss.dim() == 0 and torch.isfinite(loss)
@@ -108,7 +118,7 @@ def test_segmentor_slide_and_zero_shot_logits(method_name):
     with torch.no_grad():
         text = class_embeddings(model, CLASS_NAMES, get_templates('simple'))
         crop = torch.randn(2, 3, size, size)
-        options = method_options(model, TEST_CFG)  # the protocol's entries the method names
+        options = method_options(model, dict(top_k=3))
         with_bg = zero_shot_logits(model, crop, text, True, 0.5, **options)
         without = zero_shot_logits(model, crop, text, False, 0.5, **options)
         segmentor = ZeroShotSegmentor(model, text, True, TEST_CFG).eval()

@@ -126,6 +126,13 @@ CASES = [
     ('tcl_coco_stuff.py', make_coco, 171, False, [0, 170, 255]),
     ('tcl_ade20k.py', make_ade, 150, False, [255, 0, 149]),
     ('tcl_cityscapes.py', make_cityscapes, 19, False, [0, 18, 255]),
+    ('ovsegmentor_pascal_voc12.py', make_voc, 21, True, [0, 11, 255]),
+    ('ovsegmentor_pascal_context.py', make_context, 60, True, [0, 1, 59]),
+    ('ovsegmentor_coco.py', make_coco, 81, True, [0, 1, 80]),
+    ('ovsegmentor_ade20k.py', make_ade, 150, False, [255, 0, 149]),
+    ('segclip_voc.py', make_voc, 21, True, [0, 11, 255]),
+    ('segclip_context.py', make_context, 60, True, [0, 1, 59]),
+    ('segclip_coco_object.py', make_coco, 81, True, [0, 1, 80]),
     ('pgseg_imagenet_s919.py', make_imagenet_s, 920, True, [0, 300, 1000]),
     ('pgseg_imagenet_s300.py', partial(make_imagenet_s, version=300), 301, True, [0, 300, 1000]),
     ('pgseg_imagenet_s50.py', partial(make_imagenet_s, version=50, stripes=(0, 50, 1000)), 51, True, [0, 50, 1000]),
@@ -145,7 +152,8 @@ def test_preset_reads_fixture(tmp_path, preset, make, num_classes, with_bg, stri
     classes = dataset.metainfo['classes']
     assert len(classes) == num_classes and (classes[0] == 'background') == with_bg
     sample = dataset[0]
-    assert tuple(sample['inputs'].shape) == (3, 448, 672)  # short side 448, aspect kept
+    short = min(next(step for step in bench.test_pipeline if step['type'] == 'Resize')['scale'])
+    assert tuple(sample['inputs'].shape) == (3, short, short * W // H)  # the preset's short side, aspect kept
     gt = sample['data_samples'].gt_sem_seg.data[0].numpy()
     assert gt.shape == (H, W)  # ground truth stays at the original size
     assert [int(gt[0, k * W // 3]) for k in range(3)] == stripes

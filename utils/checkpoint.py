@@ -170,10 +170,20 @@ def is_checkpoint_dir(path: str) -> bool:
     return osp.isdir(path) and osp.isfile(osp.join(path, WEIGHTS_FILE)) and osp.isfile(osp.join(path, STATE_FILE))
 
 
+def is_torchscript_archive(path: str) -> bool:
+    """A TorchScript archive (torch.jit.save; OpenAI's CLIP files): a zip holding `<root>/constants.pkl`. torch.load
+    would hand it to torch.jit.load; it is read by models.clip.openai_file instead, which runs nothing in it."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith('/constants.pkl') and name.count('/') == 1 for name in archive.namelist())
+
+
 def read_checkpoint(path: str) -> Dict[str, Any]:
     """Raw content of a checkpoint (any supported format) as a dict, tensors on CPU.
 
-    A `.safetensors` file gives {'model': tensors}; a checkpoint directory gives its state with 'model' added.
+    A `.safetensors` file gives {'model': tensors}; a checkpoint directory gives its state with 'model' added; a
+    TorchScript archive (OpenAI's CLIP file) gives {'model': its tensors as float32, OpenAI's names}.
     """
     path = os.fspath(path)
     if is_checkpoint_dir(path):
@@ -184,6 +194,9 @@ def read_checkpoint(path: str) -> Dict[str, Any]:
     if path.endswith('.safetensors'):
         return {'model': _read_safetensors(path)}
     _check_file(path)
+    if is_torchscript_archive(path):
+        from models.clip.openai_file import read_openai_file  # models import utils: imported when first needed
+        return {'model': read_openai_file(path).state_dict}
     content = _torch_load(path)
     if not isinstance(content, dict):
         raise CheckpointError(f'{path}: holds a {type(content).__name__}, expected a dict (state dict or checkpoint)')

@@ -17,8 +17,11 @@ CLIP_PREFIXES = ('', 'clip.')
 
 def build_clip(clip_model) -> CLIP:
     """clip_model: an architecture name of CLIP_ARCHITECTURES ('ViT-B/16': random weights, nothing downloaded),
-    a mapping of CLIP's constructor arguments (random weights), or the path of an OpenAI CLIP file or of a checkpoint
-    of this project holding a CLIP (its weights, architecture read from the shapes) -> CLIP in float32."""
+    a mapping of CLIP's constructor arguments (random weights), the path of an OpenAI CLIP file or of a checkpoint of
+    this project holding a CLIP (its weights, architecture read from the shapes), or a CLIP already built (returned as
+    it is) -> CLIP (float32 unless already built)."""
+    if isinstance(clip_model, CLIP):
+        return clip_model
     if isinstance(clip_model, DictConfig):
         clip_model = OmegaConf.to_container(clip_model, resolve=True)
     if isinstance(clip_model, Mapping):

@@ -55,13 +55,12 @@ class ContrastiveCLIP(SegmentationMethod):
         return {'loss': 0.5 * (loss_img + loss_text), 'logit_scale': scale.detach()}
 
     def dense_embedding(self, img: torch.Tensor) -> torch.Tensor:
-        """img: [B, 3, H, W] -> [B, C, h, w]: every patch token after a last block whose attention is restricted to
-        the token itself (its value path, as MaskCLIP reads CLIP densely), ln_post and proj."""
+        """img: [B, 3, H, W] -> [B, C, h, w]: every patch token after MaskCLIP's last block (each token attends to
+        itself only: its value path), ln_post and proj."""
+        from ..training_free.last_block import maskclip_block
         visual = self.clip.visual
         h, w = visual.patch_grid(img)
-        x = visual.tokens_before_last_block(img)
-        mask = torch.full((x.shape[0], x.shape[0]), float('-inf'), dtype=x.dtype, device=x.device).fill_diagonal_(0)
-        x = visual.transformer.resblocks[-1](x, mask)
+        x = maskclip_block(visual.transformer.resblocks[-1], visual.tokens_before_last_block(img))
         return visual.project(x[1:]).permute(1, 2, 0).unflatten(2, (h, w))
 
     def zero_shot_logits(self, img: torch.Tensor, text_embedding: torch.Tensor, with_bg: bool,

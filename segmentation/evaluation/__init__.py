@@ -5,6 +5,7 @@ from .evaluator import benchmark_from_cfg, build_segmentor, evaluate_background,
 from .metric import SegIoUMetric
 from .report import format_table, write_report
 from .segmentor import ZeroShotSegmentor, slide_windows
+from .training_free import training_free_postprocess, training_free_predict, training_free_protocol
 from .zero_shot import method_options, zero_shot_logits
 
 __all__ = [

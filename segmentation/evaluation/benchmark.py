@@ -11,6 +11,7 @@ from datasets.templates import template_set_problem
 from utils.config import ConfigError, parse_opts
 
 from ..datasets import SegDataError, check_dataset_cfg, check_samples
+from .training_free import apply_training_free_protocol
 
 DEFAULT_TEMPLATE = 'simple'
 
@@ -53,6 +54,7 @@ def load_benchmark(path, opts=(), template=None):
     if problem:
         raise SegDataError(problem)
     cfg.config_path = path
+    apply_training_free_protocol(cfg)
     cfg.overrides = [str(o) for o in opts or []]
     return cfg
 
@@ -121,11 +123,13 @@ def describe(bench, dataset):
         info['prompt_names'] = renamed
     if bench.get('overrides'):
         info['overrides'] = list(bench.overrides)
+    if t.get('training_free'):
+        info.update(training_free=dict(t.training_free))
     return info
 
 
 def format_protocol(info):
     keys = ('protocol', 'dataset', 'split', 'num_images', 'num_classes', 'template', 'resize', 'mode', 'crop_size',
             'stride', 'bg_rule', 'bg_thresh', 'pamr', 'pamr_iters', 'pamr_dilations', 'top_k', 'precision',
-            'prompt_names', 'overrides')
+            'prompt_names', 'training_free', 'overrides')
     return ' | '.join(f'{k}={info[k]}' for k in keys if k in info and info[k] is not None)

@@ -17,6 +17,7 @@ from .benchmark import (build_benchmark_dataset, class_names, describe, load_ben
                         select_split)
 from .compact import build_zero_shot_segmentor
 from .metric import SegIoUMetric
+from .training_free import build_training_free_segmentor
 from .vis import save_overlay
 
 
@@ -29,6 +30,8 @@ def benchmark_from_cfg(cfg, overrides=()):
 def build_segmentor(model, dataset, bench):
     """Text embeddings of the benchmark's classes, wrapped with the test protocol around `model`
     (test_cfg.compact_logits: CompactZeroShotSegmentor, the same labels in less memory)."""
+    if bench.test_cfg.get('training_free'):
+        return build_training_free_segmentor(model, dataset, bench)
     classes, with_bg = class_names(dataset)
     device = next(model.parameters()).device
     text = class_embeddings(model, prompt_names(bench, classes, with_bg), get_templates(bench.test_cfg.template))
