@@ -77,9 +77,19 @@ def train(cfg, model, device, precision, preemption):
     missing = describe_shards(data.shard_report)
     if missing:
         logger.warning(f'missing training shards: {missing}')
-    updates_per_epoch = max(1, data.steps_per_epoch // accum)
-    logger.info(f'{data.length} training samples: {data.steps_per_epoch} batches, {updates_per_epoch} optimizer steps '
-                'per epoch')
+    epoch_steps = OmegaConf.select(cfg, 'train.epoch_steps', default=None)
+    if epoch_steps is None:
+        steps_per_epoch = data.steps_per_epoch
+        updates_per_epoch = max(1, steps_per_epoch // accum)
+        logger.info(f'{data.length} training samples: {steps_per_epoch} batches, {updates_per_epoch} optimizer '
+                    'steps per epoch')
+    else:
+        if int(epoch_steps) < 1:
+            raise ConfigError(f'train.epoch_steps must be a positive number of optimizer steps, got {epoch_steps}')
+        updates_per_epoch = int(epoch_steps)
+        steps_per_epoch = updates_per_epoch * accum
+        logger.info(f'{data.length} training samples; an epoch is train.epoch_steps = {updates_per_epoch} optimizer '
+                    f'steps ({steps_per_epoch} batches)')
     optimizer = build_optimizer(cfg.train, model, lrs.base_lr)
     scheduler = build_scheduler(cfg.train, optimizer, lrs, updates_per_epoch)
     checkpointer = Checkpointer(cfg, model, optimizer, scheduler, precision, data)
@@ -97,7 +107,7 @@ def train(cfg, model, device, precision, preemption):
         prompts = class_prompts(cfg)
     record = (open(osp.join(cfg.output, f'samples_rank{rank}.txt'), 'a')
               if OmegaConf.select(cfg, 'train.record_samples', default=False) else None)
-    trainer = Trainer(cfg, model, train_model, optimizer, scheduler, precision, data, data.steps_per_epoch, accum,
+    trainer = Trainer(cfg, model, train_model, optimizer, scheduler, precision, data, steps_per_epoch, accum,
                       device, writer, state,
                       nonfinite_patience=int(OmegaConf.select(cfg, 'train.nonfinite_patience', default=10)),
                       checkpointer=checkpointer, preemption=preemption, sample_record=record)

@@ -28,6 +28,12 @@ def flatten_headline(results: dict) -> dict:
         for name in v:
             out[f'train_images_per_s_{name}'] = v[name]['images_per_s']
             out[f'train_peak_mib_{name}'] = v[name]['peak_mib']
+    tcl = s.get('seg_tcl')
+    if tcl:
+        out.update(tcl_seg_crop_speedup_vs_published=tcl['crop']['speedup'],
+                   tcl_seg_crop_logits_max_abs_diff_vs_published=tcl['crop']['max_abs_diff'],
+                   tcl_seg_crop_label_mismatch_vs_published=tcl['crop']['label_mismatch'],
+                   tcl_seg_s_per_crop=tcl['crop']['ours_s'])
     for name, res in (s.get('train_full_configs') or {}).items():
         for recipe in ('published', 'fast'):
             out[f'{name}_train_images_per_s_{recipe}'] = res[f'{name}_{recipe}']['images_per_s']
@@ -139,6 +145,16 @@ def format_table(results: dict) -> str:
                           seg['voc_image']['speedup'] * fast['speedup']))
         lines.append(_row('  its pixels with another label (fraction)', fast['label_mismatch'] / fast['pixels'],
                           '{:.2e}'))
+    tcl = s.get('seg_tcl')
+    if tcl:
+        r = tcl['crop']
+        lines.append(f"TCL per crop, ours vs the published computation (crop {tcl['crop_size']}, {tcl['num_classes']} "
+                     f"classes, PAMR {'on' if tcl['pamr'] else 'off'}, kp_w {tcl['kp_w']})")
+        lines.append(_row(f'  ours s (published {r["published_s"]:.3g} s)', r['ours_s']))
+        lines.append(_row(f'  speedup (peak MiB ours {r["ours_peak_mib"]:.0f}, published '
+                          f'{r["published_peak_mib"]:.0f})', r['speedup']))
+        lines.append(_row('  max |logits ours - published|', r['max_abs_diff'], '{:.2e}'))
+        lines.append(_row('  pixels with another label', r['label_mismatch'], '{}'))
     levers = s.get('levers')
     if levers:
         lines.append(f"one lever at a time on GroupViT (batch {levers['batch']}): speedup over the published recipe")

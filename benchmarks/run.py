@@ -1,5 +1,6 @@
 """Speed and memory benchmark: training step against Hugging Face transformers' GroupViTModel (same weights, same
-inputs, one run), zero-shot segmentation against the published per-crop protocol, and data loading.
+inputs, one run), zero-shot segmentation against the published per-crop protocol (GroupViT; TCL per crop), and data
+loading.
 
     python benchmarks/run.py --out results.json [--device cpu|cuda] [--quick]
 
@@ -116,6 +117,7 @@ def run_sections(cfg: dict, device: torch.device, log) -> dict:
     from benchmarks.encode_bench import encode_comparison
     from benchmarks.levers import lever_comparison
     from benchmarks.seg_bench import seg_comparison
+    from benchmarks.tcl_bench import tcl_crop_comparison
     from benchmarks.train_bench import full_configs, peer_comparison
     quick, opts = cfg['quick'], QUICK_OPTS if cfg['quick'] else ()
     timing = dict(repeats=cfg['repeats'], warmup=cfg['warmup'], clock=cfg['clock'])
@@ -128,6 +130,8 @@ def run_sections(cfg: dict, device: torch.device, log) -> dict:
                                                                extra_opts=opts, **timing)),
         'seg': ('seg', lambda: seg_comparison(device, extra_opts=opts, **timing, **(
             dict(crop=64, stride=32, voc_hw=(75, 100), large_hw=(400, 600), large_classes=30) if quick else {}))),
+        'seg_tcl': ('seg', lambda: tcl_crop_comparison(device, **timing, **(dict(crop=64, quick=True) if quick
+                                                                               else {}))),
         'levers': ('levers', lambda: lever_comparison(device, cfg['batch'], extra_opts=opts, compile=cfg['compile'],
                                                       **timing)),
         'data': ('data', lambda: data_loading(**(dict(image_size=96, samples=8, batch=4, batches=1, quick=True)

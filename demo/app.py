@@ -120,8 +120,10 @@ class App:
         palette = vis.class_palette(len(pred.names), pred.with_bg)
         overlay = vis.overlay(image, pred.labels, palette, skip=(0, ) if pred.with_bg else ())
         labelled = vis.labelled_overlay(image, pred.labels, pred.names, palette, pred.with_bg)
-        groups = vis.group_label_picture(image, pred.groups[-1], pred.group_names, pred.num_groups[-1],
-                                         sum(pred.num_groups[:-1]))
+        groups = None  # a method without groups (TCL, CLIP) leaves the group picture empty
+        if pred.groups:
+            groups = vis.group_label_picture(image, pred.groups[-1], pred.group_names, pred.num_groups[-1],
+                                             sum(pred.num_groups[:-1]))
         return overlay, labelled, groups, summary(pred.labels, pred.names)
 
 

@@ -72,6 +72,8 @@ def render(mode, image, pred):
         return {'': Image.fromarray(vis.overlay(image, pred.labels, palette, skip=skip))}
     if mode == 'input_pred_label':
         return {'': Image.fromarray(vis.labelled_overlay(image, pred.labels, pred.names, palette, pred.with_bg))}
+    if mode in GROUP_MODES and not pred.groups:
+        return {}
     if mode == 'group_labels':
         return {'': Image.fromarray(vis.group_label_picture(image, pred.groups[-1], pred.group_names,
                                                             pred.num_groups[-1], offsets[-2]))}
@@ -138,6 +140,9 @@ def run(args):
             failed += 1
             continue
         pred = segmenter.predict(image, vocab, args.bg_thresh, with_groups=with_groups)
+        if with_groups and not pred.groups:
+            tqdm.write(f'demo_seg: {type(segmenter.model).__name__} has no groups: no group pictures', file=sys.stderr)
+            with_groups = False
         write_outputs(args.output_dir, name, args.vis, image, pred)
     print(f'wrote {len(args.vis)} vis mode(s) for {len(paths) - (failed - len(problems))} image(s) to '
           f'{args.output_dir} ({len(vocab.names)} classes{", background first" if vocab.with_bg else ""})')

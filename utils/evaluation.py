@@ -13,21 +13,34 @@ from .zero_shot import ClassPrompts, run_cls_eval
 def seg_split(cfg) -> str:
     """The segmentation split that evaluation (and so the best-mIoU checkpoint) uses, for logs and checkpoints."""
     split = OmegaConf.select(cfg, 'evaluate.seg.select_split', default=None)
-    return f'{cfg.evaluate.seg.cfg} [{split or "configured split"}]'
+    selection = list(OmegaConf.select(cfg, 'evaluate.seg.select_cfgs', default=None) or [])
+    where = f'mean of {", ".join(selection)}' if selection else cfg.evaluate.seg.cfg
+    return f'{where} [{split or "configured split"}]'
 
 
 def run_seg_eval(cfg: DictConfig, model) -> Optional[float]:
-    """mIoU from segmentation.evaluation.evaluate_seg, or None when that is not available or fails."""
+    """mIoU from segmentation.evaluation.evaluate_seg (the mean over evaluate.seg.select_cfgs when set), or None
+    when that is not available or fails."""
     logger = get_logger()
     try:
-        from segmentation.evaluation import evaluate_seg
+        from segmentation.evaluation import evaluate_seg, load_benchmark
     except ImportError as e:
         logger.info(f'zero-shot segmentation evaluation skipped: segmentation.evaluation.evaluate_seg is not '
                     f'available ({e})')
         return None
     split = OmegaConf.select(cfg, 'evaluate.seg.select_split', default=None)
+    selection = list(OmegaConf.select(cfg, 'evaluate.seg.select_cfgs', default=None) or [])
     try:
-        result = evaluate_seg(model, cfg, **({'split': split} if split else {}))
+        if selection:
+            seg = cfg.evaluate.seg
+            mious = []
+            for path in selection:
+                bench = load_benchmark(path, list(seg.get('opts') or []), seg.get('template'))
+                mious.append(float(evaluate_seg(model, None, benchmark=bench, split=split)['mIoU']))
+                logger.info(f'zero-shot segmentation mIoU {mious[-1]:.2f} on {path} [{split or "configured split"}]')
+            result = sum(mious) / len(mious)
+        else:
+            result = evaluate_seg(model, cfg, **({'split': split} if split else {}))
     except Exception:  # a failing evaluation must not end a long training run; the traceback goes to the log
         logger.exception('zero-shot segmentation evaluation failed; training continues')
         return None

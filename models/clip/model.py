@@ -31,22 +31,34 @@ CLIP_ARCHITECTURES: Dict[str, dict] = {
 }
 
 
-def resize_positional_embedding(positional_embedding: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+# rules for resizing the position embedding to another patch grid (see resize_positional_embedding)
+POS_EMBED_RESIZE_RULES = ('scale_factor', 'size')
+
+
+def resize_positional_embedding(positional_embedding: torch.Tensor, grid: Tuple[int, int],
+                                rule: str = 'scale_factor') -> torch.Tensor:
     """positional_embedding: [1 + n*n, C] (class token first, square n x n grid) -> [1 + h*w, C] for grid (h, w).
 
-    Bicubic (align_corners False) with scale_factor ((h + 0.1) / n, (w + 0.1) / n), as SCLIP, ClearCLIP and NACLIP
-    resize it; `size=(h, w)` samples other points and gives other numbers."""
+    rule 'scale_factor': bicubic (align_corners False) with scale_factor ((h + 0.1) / n, (w + 0.1) / n), as SCLIP,
+    ClearCLIP and NACLIP resize it; `size=(h, w)` samples other points and gives other numbers.
+    rule 'size': bicubic (align_corners False) with size=(h, w), kept as it is only for the n x n grid, as TCL's
+    `interpolate_pos_emb` resizes it."""
+    if rule not in POS_EMBED_RESIZE_RULES:
+        raise ValueError(f'position embedding resize rule must be one of {POS_EMBED_RESIZE_RULES}, got {rule!r}')
     h, w = grid
     n = math.isqrt(positional_embedding.shape[0] - 1)
     if n * n != positional_embedding.shape[0] - 1:
         raise ValueError(f'positional embedding of {positional_embedding.shape[0]} rows is not 1 + a square grid')
     # the published code keeps the embedding as it is whenever the token count matches, even for a non-square grid
-    if h * w == n * n:
+    if h * w == n * n and (rule == 'scale_factor' or h == w):
         return positional_embedding
     width = positional_embedding.shape[-1]
     patch = positional_embedding[1:].reshape(1, n, n, width).permute(0, 3, 1, 2)
-    patch = F.interpolate(patch, scale_factor=((h + 0.1) / n, (w + 0.1) / n), mode='bicubic', align_corners=False,
-                          recompute_scale_factor=False)
+    if rule == 'size':
+        patch = F.interpolate(patch, size=(h, w), mode='bicubic', align_corners=False)
+    else:
+        patch = F.interpolate(patch, scale_factor=((h + 0.1) / n, (w + 0.1) / n), mode='bicubic',
+                              align_corners=False, recompute_scale_factor=False)
     if tuple(patch.shape[-2:]) != (h, w):
         raise ValueError(f'bicubic resize of the {n}x{n} grid gave {tuple(patch.shape[-2:])}, expected {(h, w)}')
     return torch.cat([positional_embedding[:1], patch.permute(0, 2, 3, 1).reshape(h * w, width)])
@@ -69,6 +81,7 @@ class VisionTransformer(nn.Module):
         self.transformer = Transformer(width, layers, heads)
         self.ln_post = nn.LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+        self.pos_embed_resize = 'scale_factor'  # rule of resize_positional_embedding for other input sizes
 
     def patch_grid(self, image: torch.Tensor) -> Tuple[int, int]:
         """image: [B, 3, H, W] -> (H // patch_size, W // patch_size); pixels past the last full patch are dropped."""
@@ -85,7 +98,7 @@ class VisionTransformer(nn.Module):
         cls = self.class_embedding.to(x.dtype) + torch.zeros(x.shape[0], 1, x.shape[-1], dtype=x.dtype,
                                                               device=x.device)
         x = torch.cat([cls, x], dim=1)
-        x = x + resize_positional_embedding(self.positional_embedding, grid).to(x.dtype)
+        x = x + resize_positional_embedding(self.positional_embedding, grid, self.pos_embed_resize).to(x.dtype)
         return self.ln_pre(x).permute(1, 0, 2)
 
     def tokens_before_last_block(self, image: torch.Tensor) -> torch.Tensor:
