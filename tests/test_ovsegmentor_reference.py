@@ -15,6 +15,8 @@ REFERENCE = torch.load(DATA / 'ovsegmentor_reference.pt', weights_only=True)
 STAGE2 = Path(__file__).parents[1] / 'configs' / 'ovsegmentor' / 'ovsegmentor_pretrain_vit_bert_stage2.yml'
 POSITION_IDS = 'text_encoder.transformer.embeddings.position_ids'
 TOLERANCE = {'float32': 1e-5, 'float64': 1e-12}  # measured: outputs equal; gradients 1e-6 and 5e-15
+# float32 gradients are sums over many elements whose order follows the thread count (3e-5 seen with one thread)
+GRADIENT_TOLERANCE = {'float32': 1e-4, 'float64': 1e-12}
 
 
 def reference_inputs(seed: int = 3, batch: int = 2, length: int = 77):
@@ -158,4 +160,5 @@ def test_outputs_equal_the_official_code(model_and_weights, dtype):
             assert torch.equal(ours[key].round(), value.round()), key
             continue
         assert ours[key].dtype == value.dtype, key
-        assert rel_err(ours[key], value) < TOLERANCE[dtype], (key, rel_err(ours[key], value))
+        tolerance = (GRADIENT_TOLERANCE if key.startswith('grad:') else TOLERANCE)[dtype]
+        assert rel_err(ours[key], value) < tolerance, (key, rel_err(ours[key], value))
