@@ -93,8 +93,9 @@ def train(args, cfg, length):
         epochs = max(1, int(0.7 * args.minutes * 60 * ips / length))
         print(f'training speed here ~{ips:.0f} images/s -> {epochs} epochs of {length} images in ~{args.minutes:g} min')
     runs = osp.join(args.output, 'runs')
+    # the recipe's length is the default world's; an epoch must cover the world that is there
     cmd = [sys.executable, osp.join(ROOT, 'main_pg_seg.py'), args.recipe, '--output', runs, '--tag', 'quickstart',
-           '--opts', f'data.root={args.root}', f'train.epochs={epochs}']
+           '--opts', f'data.root={args.root}', f'train.epochs={epochs}', f'data.dataset.meta.toy_train.length={length}']
     print('train:', ' '.join(cmd))
     t0 = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
