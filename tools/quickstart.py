@@ -140,7 +140,9 @@ def main(argv=None):
     trained = build_and_load(cfg.model, checkpoint)
     # the demo and the web app pick the quickstart model up from these two files
     save_checkpoint(osp.join(args.output, 'checkpoint.pth'), trained.state_dict())
-    OmegaConf.save(cfg, osp.join(args.output, 'config.yml'))
+    model_cfg = OmegaConf.merge(cfg, {'model_name': 'quickstart', 'output': 'output', 'tag': 'default'})
+    # a run's own name and folder would nest the folders of main_pg_seg.py runs on this config inside the run
+    OmegaConf.save(model_cfg, osp.join(args.output, 'config.yml'))
     seed_everything(int(cfg.seed))  # main_pg_seg.py seeds like this before building: the run's starting weights
     untrained = build_model(cfg.model)
 
