@@ -9,8 +9,9 @@ with it:
 
 A `run` marker may take more lines, one `key: value` each (keys may repeat):
 
-    replace: OLD -> NEW       run NEW where the block says OLD (OLD must be in the block): a smaller run, a
-                              stand-in file; `{port}` in NEW is a free local port
+    replace: OLD -> NEW       run NEW where the block says OLD (OLD must be in the block, not as part of a
+                              longer word or number): a smaller run, a stand-in file; `{port}` in NEW is a free
+                              local port
     omit: TEXT | WHY          leave out the commands that contain TEXT
     before: COMMAND           run first (bash): a fixture laid out like the real data, a stand-in checkpoint
     env: NAME=VALUE           set for the block's commands
@@ -143,7 +144,7 @@ def parse_marker(block: Block, marker: str) -> None:
     if not isinstance(block.status, int):
         raise MarkerError(f'status must be a number, got {block.status!r}')
     for old, _ in block.replace:
-        if old not in block.code:
+        if not whole(old).search(block.code):
             raise MarkerError(f'replace: {old!r} is not in the block (was the command changed?)')
     for text, _ in block.omit:
         if text not in block.code:
@@ -188,7 +189,7 @@ def runnable_code(block: Block, placeholders: dict) -> Tuple[str, List[str]]:
     why). `placeholders` fills `{name}` in the replacement texts."""
     code = block.code
     for old, new in block.replace:
-        code = code.replace(old, fill(new, placeholders))
+        code = whole(old).sub(lambda _: fill(new, placeholders), code)
     if block.is_python or not block.omit:
         return code, []
     kept, omitted = [], []
@@ -196,6 +197,12 @@ def runnable_code(block: Block, placeholders: dict) -> Tuple[str, List[str]]:
         why = next((why for text, why in block.omit if text in command), None)
         (omitted if why else kept).append(f'{command}  ({why})' if why else command)
     return '\n'.join(kept) + '\n', omitted
+
+
+def whole(text: str) -> re.Pattern:
+    """`text` where it is not part of a longer word or number ('--epochs 3' does not match '--epochs 30')."""
+    return re.compile((r'(?<!\w)' if re.match(r'\w', text) else '') + re.escape(text)
+                      + (r'(?!\w)' if re.search(r'\w$', text) else ''))
 
 
 def fill(text: str, placeholders: dict) -> str:

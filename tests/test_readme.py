@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from readme_blocks import Block, fill, logical_lines, read_blocks, runnable_code
 from test_app_browser import CHROMEDRIVER, CHROMIUM, chromium, free_port, segment_in_browser, wait_for
@@ -31,6 +32,29 @@ CALLER_ONLY = ('PYTHONPATH', 'VIRTUAL_ENV', 'MAKEFLAGS', 'MFLAGS', 'MAKELEVEL', 
 def test_every_fenced_block_is_marked():
     assert not MARKER_ERRORS, 'README blocks without a usable marker:\n' + '\n'.join(MARKER_ERRORS)
     assert any(block.kind == 'run' for block in BLOCKS)
+
+
+def test_markers_that_cannot_be_followed_are_named_one_line_each(tmp_path):
+    readme = tmp_path / 'README.md'
+    readme.write_text('\n'.join([
+        'Intro.', '```bash', 'make nothing', '```',
+        '<!-- readme: skip -->', '```bash', 'make gpus', '```',
+        '<!-- readme: run', 'replace: --epochs 3 -> --epochs 1', '-->', '```bash', 'python train.py --epochs 30', '```',
+        '<!-- readme: run', 'prints: done', 'omit: rm -rf | keeps the data', 'creates: out/a out/b', '-->',
+        '```bash', 'python a.py \\', '    --flag x', 'rm -rf out  # start again', '```',
+        '<!-- readme: run, no reason needed', 'colour: blue', '-->', '```sh', 'ls', '```',
+        '<!-- readme: text, a layout -->', '```', 'a/', '```', '']))
+    blocks, errors = read_blocks(readme)
+    assert [block.line for block in blocks] == [2, 6, 12, 20, 28, 32]
+    assert len(errors) == 4 and all('\n' not in error for error in errors)
+    assert errors[0].startswith('README.md:2 (```bash make nothing): no marker before the block')
+    assert errors[1].startswith('README.md:6') and 'a skip marker says why' in errors[1]
+    assert errors[2].startswith('README.md:12') and "'--epochs 3' is not in the block" in errors[2]
+    assert errors[3].startswith('README.md:28') and "cannot read marker line 'colour: blue'" in errors[3]
+    ran, omitted = runnable_code(blocks[3], {})
+    assert ran == 'python a.py      --flag x\n' and omitted == ['rm -rf out  # start again  (keeps the data)']
+    assert blocks[3].prints == ['done'] and blocks[3].creates == ['out/a', 'out/b'] and not blocks[3].error
+    assert (blocks[5].kind, blocks[5].reason) == ('text', 'a layout')
 
 
 @pytest.fixture(scope='module')
@@ -79,7 +103,8 @@ def test_readme_block(block, scratch):
     seen = snapshot(block.creates, scratch['dir'])
     start = time.time()
     if block.app:
-        output, status = serve_and_browse(code, fill(block.app, placeholders), scratch['dir'], env)
+        # the test stops the apps itself: their exit status says nothing
+        output, status = serve_and_browse(code, fill(block.app, placeholders), scratch['dir'], env), 0
     elif block.is_python:
         source = (scratch['python_so_far'] if block.continues else '') + code
         scratch['python_so_far'] = source
@@ -129,7 +154,7 @@ def written(pattern, folder, seen):
 
 def serve_and_browse(code, url, cwd, env):
     """Each command starts the web app: wait until `url` answers, segment an example image in Chromium, check
-    that the page names the model the app says it loaded, stop the app. -> (all the apps' output, status)."""
+    that the page names the model the app says it loaded, stop the app. -> the apps' output."""
     assert os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER), \
         'Chromium is missing: run tests/setup_browser.sh (make test does)'
     outputs = []
@@ -155,8 +180,7 @@ def serve_and_browse(code, url, cwd, env):
         outputs.append(output)
         said = [line.split('app: model = ', 1)[1] for line in output.splitlines() if 'app: model = ' in line]
         assert said and said[0] in page, f'{command}: the page does not name the model the app loaded\n{output}'
-        from PIL import Image
         assert size == Image.open(cwd / APP_IMAGE).size, f'{command}: overlay {size} for a {APP_IMAGE} upload'
         found = [line.split(':')[0] for line in labels.splitlines() if line.strip()]
         assert found and set(found) <= {'background', *APP_NAMES.split(', ')}, f'{command}: labels {labels!r}'
-    return '\n'.join(outputs), 0
+    return '\n'.join(outputs)
