@@ -58,7 +58,8 @@ def coco_stuff():
     from test_convert_coco_object import SOURCE_ROW, write_png
     from PIL import Image
     root = Path('local_data/coco')
-    for split, stems in (('train2017', ['000000000009', '000000000025']), ('val2017', ['000000000139', '000000000285'])):
+    for split, stems in (('train2017', ['000000000009', '000000000025']),
+                         ('val2017', ['000000000139', '000000000285'])):
         (root / 'images' / split).mkdir(parents=True)
         for stem in stems:
             Image.new('RGB', (8, 2)).save(root / 'images' / split / f'{stem}.jpg')

@@ -81,7 +81,7 @@ def scratch(tmp_path_factory):
     env.update(PATH=f"{folder / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}", OMP_NUM_THREADS='1',
                MKL_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', GRADIO_ANALYTICS_ENABLED='False', HF_HUB_OFFLINE='1',
                PYTHONUNBUFFERED='1', MPLBACKEND='Agg')
-    return {'dir': folder, 'env': env, 'python_so_far': ''}
+    return {'dir': folder, 'env': env, 'python_so_far': '', 'unfinished': []}
 
 
 def block_id(block: Block) -> str:
@@ -94,12 +94,14 @@ def test_readme_block(block, scratch):
     if block.kind == 'skip':
         print(f'{block.where} skipped: {block.reason}')
         pytest.skip(f'{block.where} {block.title()}: {block.reason}')
+    earlier = f" (earlier blocks failed: {', '.join(scratch['unfinished'])})" if scratch['unfinished'] else ''
+    scratch['unfinished'].append(block.where)
     placeholders = {'port': free_port()}
     code, omitted = runnable_code(block, placeholders)
     env = dict(scratch['env'], **{name: fill(value, placeholders) for name, value in block.env})
     for command in block.before:
         before = shell(command, scratch['dir'], env)
-        assert before.returncode == 0, f'{block.where} before: {command}\n{tail(before)}'
+        assert before.returncode == 0, f'{block.where}{earlier} before: {command}\n{tail(before)}'
     seen = snapshot(block.creates, scratch['dir'])
     start = time.time()
     if block.app:
@@ -116,16 +118,18 @@ def test_readme_block(block, scratch):
     print(f'{block.where} ran in {time.time() - start:.0f}s: {block.title()}'
           + ''.join(f'\n    omitted: {line}' for line in omitted))
     assert status == block.status, \
-        f'{block.where}: exit status {status}, expected {block.status}\n--- ran:\n{code}--- output:\n{output[-4000:]}'
+        f'{block.where}{earlier}: exit status {status}, expected {block.status}\n--- ran:\n{code}--- output:\n' \
+        + output[-4000:]
     missing = [text for text in block.prints if text not in output]
-    assert not missing, f'{block.where}: the output lacks {missing}\n--- output:\n{output[-4000:]}'
+    assert not missing, f'{block.where}{earlier}: the output lacks {missing}\n--- output:\n{output[-4000:]}'
     unwritten = [pattern for pattern in block.creates if not written(pattern, scratch['dir'], seen)]
-    assert not unwritten, f'{block.where}: nothing written at {unwritten}\n--- output:\n{output[-2000:]}'
+    assert not unwritten, f'{block.where}{earlier}: nothing written at {unwritten}\n--- output:\n{output[-2000:]}'
+    scratch['unfinished'].remove(block.where)
 
 
-def run(argv, cwd, env, **kw):
+def run(argv, cwd, env):
     try:
-        return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, **kw)
+        return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f'{argv[-1][:200]} ran past {COMMAND_TIMEOUT}s; output so far:\n{e.stdout}\n{e.stderr}')
 
