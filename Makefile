@@ -2,6 +2,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 MINUTES ?= 15
+# EPOCHS=N trains N epochs instead of fitting MINUTES (EPOCHS=1: a quick check of the whole pipeline)
+EPOCHS ?=
 
 .PHONY: test install browser quickstart
 
@@ -22,4 +24,4 @@ test: install browser
 
 # The main job: toy world -> train the tiny model on CPU -> zero-shot classification and segmentation.
 quickstart: install
-	$(PY) tools/quickstart.py --minutes $(MINUTES)
+	$(PY) tools/quickstart.py --minutes $(MINUTES) $(if $(EPOCHS),--epochs $(EPOCHS))

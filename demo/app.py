@@ -46,7 +46,8 @@ def parse_args(argv=None):
     parser.add_argument('--dataset', choices=preset_names(), metavar='PRESET',
                         help='protocol preset and default class names (default: toy for the toy model, else voc)')
     parser.add_argument('--host', default='127.0.0.1')
-    parser.add_argument('--port', type=int, default=7860)
+    parser.add_argument('--port', type=int, default=int(os.environ.get('GRADIO_SERVER_PORT', 7860)),
+                        help="default: $GRADIO_SERVER_PORT (Gradio's own setting), else 7860")
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     return parser.parse_args(argv)
 

@@ -9,7 +9,7 @@ from PIL import Image
 os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
 
 from demo import app  # noqa: E402
-from demo.inference import Segmenter, load_model  # noqa: E402
+from demo.inference import Segmenter, load_model, preset_names  # noqa: E402
 from demo_helpers import sharp_checkpoint, toy_images, two_scene_image  # noqa: E402
 from utils.checkpoint import save_checkpoint  # noqa: E402
 from utils.config import load_config  # noqa: E402
@@ -67,6 +67,24 @@ def test_segment_callback_outputs(tiny):
         ui_app.segment(None, 'circle', 0.5, True)
     ui = app.build_ui(ui_app, 'test model', app.ensure_examples(str(tiny['dir'] / 'examples')))
     assert isinstance(ui, gr.Blocks)
+
+
+def test_every_preset_gives_the_page_its_class_names(tiny, tmp_path, monkeypatch):
+    """The page's default names come from the preset; the toy preset's from local_data/toy/classes.json under the
+    folder the app runs in (as after make quickstart), a (classes, palette) file."""
+    import json
+    from tools.make_toy_data import make_toy_world
+    cfg = load_config(tiny['cfg'])
+    model = load_model(cfg, tiny['ckpt'])
+    monkeypatch.chdir(tmp_path)
+    make_toy_world('local_data/toy', train_samples=1, samples_per_shard=1, cls_samples=1, seg_val=1, seg_tune=1)
+    classes_file = tmp_path / 'local_data' / 'toy' / 'classes.json'
+    renamed = dict(json.loads(classes_file.read_text()), classes=[f'shape {i}' for i in range(8)])
+    classes_file.write_text(json.dumps(renamed))
+    for preset in preset_names():
+        prompts = Segmenter(model, cfg, preset).default_vocabulary().prompts
+        assert prompts and all(isinstance(name, str) and name for name in prompts), preset
+    assert Segmenter(model, cfg, 'toy').default_vocabulary().prompts == renamed['classes']
 
 
 def test_examples_are_generated_once(tmp_path):

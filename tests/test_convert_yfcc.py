@@ -47,7 +47,12 @@ def jpeg(color):
 @pytest.fixture
 def yfcc(tmp_path):
     """meta/yfcc100m_dataset.sql (10 rows), subset list (8 of them + 1 unknown id), 2 zips of images."""
-    meta = tmp_path / 'meta'
+    return write_yfcc_inputs(tmp_path, 'meta', 'zips')
+
+
+def write_yfcc_inputs(tmp_path, meta_dir, zip_dir):
+    """The fixture's files under tmp_path: <meta_dir>/yfcc100m_dataset.sql, yfcc100m_subset_data.tsv, <zip_dir>/."""
+    meta = tmp_path / meta_dir
     meta.mkdir()
     conn = sqlite3.connect(meta / create_subset.DB_NAME)
     conn.execute('CREATE TABLE yfcc100m_dataset (photoid INTEGER, uid TEXT, title TEXT, description TEXT, '
@@ -59,7 +64,7 @@ def yfcc(tmp_path):
     subset = tmp_path / 'yfcc100m_subset_data.tsv'
     ids = [*range(1001, 1009), 9999]
     subset.write_text(''.join(f'{i}\t{pid}\t{photo_hash(pid)}\n' for i, pid in enumerate(ids)))
-    zips = tmp_path / 'zips'
+    zips = tmp_path / zip_dir
     zips.mkdir()
     for name, pids in (('000.zip', [1001, 1002, 1003, 1004]), ('001.zip', [1005, 1006, 1007, 1008, 4242])):
         with zipfile.ZipFile(zips / name, 'w') as z:

@@ -191,6 +191,25 @@ def test_refuses_non_empty_folder_without_force(tmp_path, capsys):
     assert "4 train pairs (1 shards)" in capsys.readouterr().out
 
 
+def test_same_arguments_keep_the_world_and_other_arguments_are_refused(tmp_path, capsys):
+    """The README writes local_data/toy in several places (make quickstart, then make_toy_data.py): a second run
+    with the same arguments keeps the world; other arguments still need --force."""
+    out = tmp_path / "world"
+    args = ["--out", str(out), "--train-samples", "8", "--samples-per-shard", "4", "--cls-samples", "8",
+            "--seg-val", "2", "--seg-tune", "2"]
+    main(args)
+    shard = out / "shards" / "toy-train-000000.tar"
+    written = shard.stat().st_mtime_ns
+    main(args)
+    assert "kept: written there before with these arguments" in capsys.readouterr().out.splitlines()[-1]
+    assert shard.stat().st_mtime_ns == written
+    (out / "voc").rename(tmp_path / "voc_moved")
+    with pytest.raises(SystemExit, match="not empty; pass --force"):
+        main(args)
+    with pytest.raises(SystemExit, match="not empty; pass --force"):
+        main(args[:3] + ["16"] + args[4:])
+
+
 def test_bad_arguments_give_one_clear_error(tmp_path):
     with pytest.raises(ToyDataError, match="image size must be at least 32"):
         make_toy_world(str(tmp_path / "a"), size=8)

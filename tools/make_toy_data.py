@@ -158,16 +158,34 @@ def _prepare_out(out, force):
     os.makedirs(out, exist_ok=True)
 
 
+def existing_world(out, args):
+    """meta.json of the world in `out` when it was written with these `args` and is complete, else None."""
+    try:
+        with open(os.path.join(out, "meta.json")) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    complete = all(os.path.exists(os.path.join(out, name)) for name in OUTPUTS)
+    return meta if complete and isinstance(meta, dict) and meta.get("args") == args else None
+
+
 def make_toy_world(out, seed=0, size=64, train_samples=8000, samples_per_shard=1000, cls_samples=400,
                    seg_val=200, seg_tune=100, force=False):
     """Write a toy world under `out` and return its meta.json content as a dict.
 
+    A world written there before with the same arguments is kept as it is (it would be byte-identical).
     Raises ToyDataError for bad arguments or a non-empty `out` without `force`.
     """
-    _check_args(size, {"train_samples": train_samples, "samples_per_shard": samples_per_shard,
-                       "cls_samples": cls_samples, "seg_val": seg_val, "seg_tune": seg_tune})
+    counts = {"train_samples": train_samples, "samples_per_shard": samples_per_shard, "cls_samples": cls_samples,
+              "seg_val": seg_val, "seg_tune": seg_tune}
+    _check_args(size, counts)
+    args = {"seed": seed, "size": size, **counts}
+    existing = None if force else existing_world(out, args)
+    if existing:
+        return existing
     _prepare_out(out, force)
     meta = {
+        "args": args,
         "train": write_train(out, seed, size, train_samples, samples_per_shard),
         "val_cls": write_cls(out, seed, size, cls_samples, samples_per_shard),
         "seg": write_seg(out, seed, size, {"val": seg_val, "tune": seg_tune}),
@@ -196,16 +214,19 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    world_args = {"seed": args.seed, "size": args.size, "train_samples": args.train_samples,
+                  "samples_per_shard": args.samples_per_shard, "cls_samples": args.cls_samples,
+                  "seg_val": args.seg_val, "seg_tune": args.seg_tune}
     start = time.time()
+    kept = not args.force and existing_world(args.out, world_args) is not None
     try:
-        meta = make_toy_world(args.out, seed=args.seed, size=args.size, train_samples=args.train_samples,
-                              samples_per_shard=args.samples_per_shard, cls_samples=args.cls_samples,
-                              seg_val=args.seg_val, seg_tune=args.seg_tune, force=args.force)
+        meta = make_toy_world(args.out, force=args.force, **world_args)
     except ToyDataError as err:
         raise SystemExit(f"make_toy_data: {err}")
     print(f"toy world in {args.out}: {meta['train']['length']} train pairs ({meta['train']['shards']} shards), "
           f"{meta['val_cls']['length']} classification images, {meta['seg']['val']} val + {meta['seg']['tune']} "
-          f"tune segmentation images, {args.size}px, seed {args.seed}, {time.time() - start:.1f}s")
+          f"tune segmentation images, {args.size}px, seed {args.seed}, "
+          + ("kept: written there before with these arguments" if kept else f"{time.time() - start:.1f}s"))
 
 
 if __name__ == "__main__":

@@ -93,8 +93,9 @@ def train(args, cfg, length):
         epochs = max(1, int(0.7 * args.minutes * 60 * ips / length))
         print(f'training speed here ~{ips:.0f} images/s -> {epochs} epochs of {length} images in ~{args.minutes:g} min')
     runs = osp.join(args.output, 'runs')
+    # the recipe's length is the default world's; an epoch must cover the world that is there
     cmd = [sys.executable, osp.join(ROOT, 'main_pg_seg.py'), args.recipe, '--output', runs, '--tag', 'quickstart',
-           '--opts', f'data.root={args.root}', f'train.epochs={epochs}']
+           '--opts', f'data.root={args.root}', f'train.epochs={epochs}', f'data.dataset.meta.toy_train.length={length}']
     print('train:', ' '.join(cmd))
     t0 = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
@@ -139,7 +140,9 @@ def main(argv=None):
     trained = build_and_load(cfg.model, checkpoint)
     # the demo and the web app pick the quickstart model up from these two files
     save_checkpoint(osp.join(args.output, 'checkpoint.pth'), trained.state_dict())
-    OmegaConf.save(cfg, osp.join(args.output, 'config.yml'))
+    model_cfg = OmegaConf.merge(cfg, {'model_name': 'quickstart', 'output': 'output', 'tag': 'default'})
+    # a run's own name and folder would nest the folders of main_pg_seg.py runs on this config inside the run
+    OmegaConf.save(model_cfg, osp.join(args.output, 'config.yml'))
     seed_everything(int(cfg.seed))  # main_pg_seg.py seeds like this before building: the run's starting weights
     untrained = build_model(cfg.model)
 
