@@ -3,9 +3,21 @@ import torch
 import torch.distributed.nn.functional as dist_nn
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import DropPath
+from timm.layers import DropPath, trunc_normal_
 
 from utils.distributed import get_world_size
+
+
+def init_vit_weights(m: nn.Module) -> None:
+    """The ViT initialisation (timm's, as GroupViT publishes it): truncated-normal linear weights, zero biases,
+    unit LayerNorms; for `module.apply`."""
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=.02)
+        if m.bias is not None:
+            nn.init.constant_(m.bias, 0)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.constant_(m.bias, 0)
+        nn.init.constant_(m.weight, 1.0)
 
 
 class Mlp(nn.Module):

@@ -10,7 +10,7 @@ from timm.layers import to_2tuple, trunc_normal_
 
 from ..builder import MODELS
 from .grouping import GroupingBlock
-from ..layers import AttnBlock, MixerMlp
+from ..layers import AttnBlock, MixerMlp, init_vit_weights
 
 
 class StageOutput(NamedTuple):
@@ -228,21 +228,11 @@ class GroupViT(nn.Module):
                 num_input_token = num_output_groups[i]
         self.norm = norm_layer(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.apply(self._init_weights)
+        self.apply(init_vit_weights)
 
     def build_layer(self, **kwargs) -> GroupingLayer:
         """One stage from GroupingLayer's arguments (an encoder with other stages overrides this)."""
         return GroupingLayer(**kwargs)
-
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.constant_(m.bias, 0)
-            nn.init.constant_(m.weight, 1.0)
 
     @property
     def width(self):

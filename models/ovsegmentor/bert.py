@@ -10,9 +10,9 @@ from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import trunc_normal_
 
 from ..builder import MODELS
+from ..layers import init_vit_weights
 
 WEIGHT_FILES = ('model.safetensors', 'pytorch_model.bin')
 # names of the published/Hugging Face checkpoints that BertModel does not hold: pre-training heads
@@ -119,20 +119,10 @@ class Bert(nn.Module):
         if pretrained and pretrained_path is not None:
             self.load_folder_weights(pretrained_path)
         else:
-            self.transformer.apply(self._init_weights)
+            self.transformer.apply(init_vit_weights)
         if fixed:
             self.transformer.requires_grad_(False)
         self._tokenizer = None
-
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.constant_(m.bias, 0)
-            nn.init.constant_(m.weight, 1.0)
 
     def load_folder_weights(self, path: str):
         """Every BertModel tensor from the folder's weights (a file without position_ids keeps the arange)."""
