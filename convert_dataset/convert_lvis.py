@@ -1,6 +1,6 @@
 """LVIS instance annotations (json) -> the semantic label PNGs that PGSeg's LVIS config reads.
 
-Input  an LVIS annotation file (``lvis_v1_val.json``; v0.5 files work too) and the COCO images it refers to
+Input  an LVIS v1 annotation file (``lvis_v1_val.json``) and the COCO images it refers to
        (``--image-root``: ``<image-root>/<split>/<name>.jpg`` as in the image's ``coco_url``, or
        ``<image-root>/<name>.jpg``).
 Output the layout of ``segmentation/configs/_base_/datasets/pgseg_lvis.py`` under ``<out-dir>``:
@@ -10,7 +10,9 @@ Output the layout of ``segmentation/configs/_base_/datasets/pgseg_lvis.py`` unde
        ``split/val_lvis.txt``      one ``<name>`` a line, sorted.
 
 Categories are matched by name, so a file whose category ids are numbered differently still gets the right
-labels; a name that is not in the list stops the conversion. Polygons are filled by the pixel-centre rule (a
+labels; a name that is not in the list stops the conversion. LVIS v1 spells one name differently from PGSeg's
+list (``speaker_(stero_equipment)``, category 655; PGSeg prompts ``speaker_(stereo_equipment)``): ``ALIASES``
+maps it. Polygons are filled by the pixel-centre rule (a
 pixel belongs to a polygon when its centre lies inside it); uncompressed RLE masks are decoded as well,
 compressed (string) RLE is refused. Where instances overlap, the smaller one is drawn last and keeps its
 pixels. Pixels of no instance are background, also in an image whose ``not_exhaustive_category_ids`` says that
@@ -32,6 +34,8 @@ from tqdm import tqdm
 CLASS_LIST = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'segmentation', 'datasets', 'class_lists',
                       'lvis.json')
 SPLIT_FILE = osp.join('split', 'val_lvis.txt')
+# LVIS v1's spelling -> PGSeg's (the only difference between LVIS v1's 1203 names, in id order, and PGSeg's list)
+ALIASES = {'speaker_(stero_equipment)': 'speaker_(stereo_equipment)'}
 
 
 class LVISFormatError(ValueError):
@@ -49,10 +53,11 @@ def category_labels(categories, names):
     position = {name: k for k, name in enumerate(names, start=1)}
     labels = {}
     for cat in categories:
-        if cat['name'] not in position:
+        name = ALIASES.get(cat['name'], cat['name'])
+        if name not in position:
             raise LVISFormatError(f'category {cat["id"]} {cat["name"]!r} is not one of the {len(names)} LVIS names '
                                   f'in {CLASS_LIST}')
-        labels[cat['id']] = position[cat['name']]
+        labels[cat['id']] = position[name]
     return labels
 
 

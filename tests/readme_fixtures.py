@@ -12,6 +12,9 @@ README's markers (tests/readme_blocks.py), in the scratch copy the README test r
         ILSVRC/Data/CLS-LOC/val/ with Kaggle's LOC_val_solution.csv and LOC_synset_mapping.txt
     python tests/readme_fixtures.py coco-stuff
         local_data/coco: 2 train and 2 val images with their COCO-Stuff-164k label PNGs
+    python tests/readme_fixtures.py lvis-json
+        local_data/lvis_v1_val.json: 2 images, 3 categories, 4 instances (tests/test_convert_lvis.py's fixture), and
+        its two COCO images under local_data/coco/images/{val2017,train2017}/ where they are not there yet
 """
 import argparse
 import os
@@ -67,19 +70,26 @@ def coco_stuff():
     print(f'COCO-Stuff fixture: {root}')
 
 
+def lvis_json():
+    from test_convert_lvis import write_lvis_inputs
+    path = write_lvis_inputs('local_data', image_root='local_data/coco/images', keep_images=True)
+    print(f'LVIS fixture: {path}')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest='command', required=True)
     checkpoint = commands.add_parser('published-checkpoint')
     checkpoint.add_argument('config')
     checkpoint.add_argument('path')
-    for name in ('yfcc100m', 'imagenet-val', 'coco-stuff'):
+    for name in ('yfcc100m', 'imagenet-val', 'coco-stuff', 'lvis-json'):
         commands.add_parser(name)
     args = parser.parse_args(argv)
     if args.command == 'published-checkpoint':
         published_checkpoint(args.config, args.path)
     else:
-        {'yfcc100m': yfcc100m, 'imagenet-val': imagenet_val, 'coco-stuff': coco_stuff}[args.command]()
+        {'yfcc100m': yfcc100m, 'imagenet-val': imagenet_val, 'coco-stuff': coco_stuff,
+         'lvis-json': lvis_json}[args.command]()
 
 
 if __name__ == '__main__':

@@ -44,10 +44,12 @@ def expected_maps():
     return {'000000000139': first, '000000000285': second}
 
 
-def write_lvis_inputs(root, with_images=True):
+def write_lvis_inputs(root, with_images=True, image_root=None, keep_images=False):
     """root/lvis_v1_val.json (2 images, one from COCO train2017 and one from val2017, as in LVIS v1 val) and,
-    unless told not to, the COCO images under root/coco/images/<split>/."""
+    unless told not to, the COCO images under <image_root>/<split>/ (default root/coco/images; keep_images: leave
+    images that are already there)."""
     root = Path(root)
+    image_root = Path(image_root) if image_root else root / 'coco/images'
     rle_mask = np.zeros((H, W), bool)
     rle_mask[5, 6:8] = True
     data = dict(
@@ -66,13 +68,22 @@ def write_lvis_inputs(root, with_images=True):
     (root / 'lvis_v1_val.json').write_text(json.dumps(data))
     if with_images:
         for split, stem in (('val2017', '000000000139'), ('train2017', '000000000285')):
-            (root / 'coco/images' / split).mkdir(parents=True, exist_ok=True)
-            Image.new('RGB', (W, H), (40, 90, 140)).save(root / 'coco/images' / split / f'{stem}.jpg')
+            path = image_root / split / f'{stem}.jpg'
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not (keep_images and path.exists()):
+                Image.new('RGB', (W, H), (40, 90, 140)).save(path)
     return root / 'lvis_v1_val.json'
 
 
 def test_names_are_pgseg_list():
     assert len(NAMES) == 1203 and NAMES[0] == 'aerosol_can' and NAMES[-1] == 'zucchini'
+
+
+def test_lvis_v1_spelling_of_the_speaker_maps_to_pgseg_name():
+    # LVIS v1 category 655 is 'speaker_(stero_equipment)'; PGSeg's list (and its prompt) says 'stereo'
+    assert NAMES[654] == 'speaker_(stereo_equipment)'
+    cats = [dict(id=655, name='speaker_(stero_equipment)'), dict(id=1, name='aerosol_can')]
+    assert lvis.category_labels(cats, NAMES) == {655: 655, 1: 1}
 
 
 def test_label_pngs_hold_the_hand_made_class_ids(tmp_path, capsys):
