@@ -7,7 +7,8 @@ Layout (PGSeg's ``segmentation/configs/_base_/datasets/Lvis.py``)::
     split/val_lvis.txt           one <name> a line
 
 LVIS releases instance polygons only; PGSeg does not publish how it made its semantic maps, so the map format
-above is this project's (16 bits hold the 1203 ids; mmseg's 8-bit ``LoadAnnotations`` cannot).
+above is this project's (16 bits hold the 1203 ids; mmseg's 8-bit ``LoadAnnotations`` cannot), and
+``convert_dataset/convert_lvis.py`` writes it from LVIS's json.
 """
 import json
 import os.path as osp

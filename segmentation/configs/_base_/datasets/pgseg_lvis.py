@@ -1,7 +1,8 @@
 # PGSeg's LVIS protocol (Ferenas/PGSeg segmentation/configs/_base_/datasets/Lvis.py): LVIS val listed in
 # split/val_lvis.txt, background + the 1203 LVIS categories prompted with PGSeg's names, GroupViT background rule
 # with bg_thresh 0.35, keep-ratio resize to (2048, 448), 448x448 windows with stride 224. Masks are single-channel
-# 8/16-bit PNGs (0 background, k = k-th category, 65535 ignored; PGSeg does not publish how it made its maps).
+# 8/16-bit PNGs (0 background, k = k-th category, 65535 ignored; PGSeg does not publish how it made its maps:
+# convert_dataset/convert_lvis.py writes them from LVIS's json).
 _base_ = ['../zero_shot.py']
 data_root = 'local_data/lvis'
 dataset = dict(
