@@ -54,7 +54,7 @@ def all_finite(value: torch.Tensor) -> bool:
     return true_on_every_rank(bool(torch.isfinite(value.detach()).all()), value.device)
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
+def batch_to_device(batch: dict, device: torch.device) -> dict:
     """The batch's tensors and dicts of tensors (e.g. BERT token dicts) on `device`; other entries are dropped."""
     return {k: map_tokens(lambda t: t.to(device, non_blocking=True), v) for k, v in batch.items()
             if isinstance(v, torch.Tensor) or (isinstance(v, dict) and v and all(isinstance(t, torch.Tensor)
@@ -154,7 +154,7 @@ def train_one_epoch(t: Trainer, epoch: int, start_batch: int = 0,
         if t.sample_record is not None:
             _record_samples(t, epoch, idx, batch)
         merge_counts(bad_this_epoch, batch.get('bad') or {})
-        inputs = _to_device(batch, t.device)
+        inputs = batch_to_device(batch, t.device)
         if idx % t.accumulation == 0:
             t.model.begin_step(t.state.step)
         boundary = (idx + 1) % t.accumulation == 0 or idx + 1 == t.steps_per_epoch
