@@ -190,3 +190,30 @@ def test_gumbel_switch_and_noise_scale():
     assert torch.equal(quiet, enc.eval()(img))
     scaled, _ = train_forward(gumbel_scale=0.0)
     assert torch.allclose(scaled, quiet, atol=1e-6)
+
+
+def test_best_group_multi_label_loss_by_hand():
+    """multi_label_match 'best_group': an image-prompt score is the prompt's cosine with the image's best final group
+    (both directions of the soft-target InfoNCE)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_model_cfg('groupvit', multi_label=2, multi_label_match='best_group')).double()
+    groups, words = torch.randn(3, 4, 16, dtype=torch.float64), torch.randn(3, 2, 16, dtype=torch.float64)
+    got = model.best_group_multi_label_loss(groups, words)
+    g, w = F.normalize(groups, dim=-1), F.normalize(words, dim=-1).flatten(0, 1)  # w: [6, 16], rows 2b, 2b+1 of b
+    scale = model.multi_label_logit_scale.exp()
+    score = torch.stack([torch.stack([(g[b] @ w[n]).max() for n in range(6)]) for b in range(3)]) * scale  # [3, 6]
+    loss_img = torch.stack([-(torch.log_softmax(score[b], 0)[2 * b:2 * b + 2]).mean() for b in range(3)]).mean()
+    loss_word = torch.stack([-torch.log_softmax(score[:, n], 0)[n // 2] for n in range(6)]).mean()
+    assert torch.allclose(got, 0.5 * (loss_img + loss_word), atol=1e-12)
+    with pytest.raises(ValueError, match="multi_label_match must be 'image' or 'best_group'"):
+        build_model(tiny_model_cfg('groupvit', multi_label=2, multi_label_match='groups'))
+
+
+def test_best_group_matching_trains_through_forward_train():
+    torch.manual_seed(0)
+    model = build_model(tiny_model_cfg('groupvit', multi_label=2, multi_label_match='best_group')).train()
+    losses = model.forward_train(torch.randn(4, 3, 32, 32), tokens((4, 3, 12)))
+    assert set(losses) == {'loss', 'multi_label_loss'} and torch.isfinite(losses['multi_label_loss'])
+    losses['multi_label_loss'].backward()
+    grouping = [p.grad for n, p in model.img_encoder.named_parameters() if '.downsample.' in n]
+    assert grouping and any(g is not None and g.abs().sum() > 0 for g in grouping)  # reaches the grouping blocks

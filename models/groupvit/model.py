@@ -25,7 +25,9 @@ def soft_cross_entropy(logits, target):
 class MultiLabelContrastive(SegmentationMethod):
     """GroupViT (Xu et al., CVPR 2022). Arguments mirror `model` in the configs. With `multi_label` = k > 0 the text
     input is [B, 1 + k, L]: the caption, then k prompted nouns, and a multi-label loss pulls each image towards its
-    k prompts.
+    k prompts. `multi_label_match`: what a prompt is matched with, 'image' (published: the image embedding, the
+    average of the final groups) or 'best_group' (not in GroupViT; the toy emergence search: its best final group,
+    so that single groups learn to name their content).
 
     The published configs name this class for every GroupViT-family model; the image encoder's type picks the
     method class (`MultiLabelContrastive.variant_for`), e.g. PGSeg's.
@@ -47,8 +49,12 @@ class MultiLabelContrastive(SegmentationMethod):
         return super().__new__(cls)
 
     def __init__(self, img_encoder, text_encoder, output_dim=256, contrast_temperature=0.07, proj_num_layers=2,
-                 multi_label=0, share_temperature=False, multi_label_loss_weight=1.0, superpixel_kl_weight=0.0):
+                 multi_label=0, share_temperature=False, multi_label_loss_weight=1.0, superpixel_kl_weight=0.0,
+                 multi_label_match='image'):
         super().__init__()
+        if multi_label_match not in ('image', 'best_group'):
+            raise ValueError(f"multi_label_match must be 'image' or 'best_group', got {multi_label_match!r}")
+        self.multi_label_match = multi_label_match
         self.img_encoder = MODELS.build(img_encoder)
         self.text_encoder = self.build_text_encoder(text_encoder)
         self.contrast_temperature = contrast_temperature
@@ -119,6 +125,20 @@ class MultiLabelContrastive(SegmentationMethod):
         loss_text = soft_cross_entropy(logits_per_text, self._own_targets(L2, L1, B, logits_per_text))
         return 0.5 * (loss_img + loss_text)
 
+    def best_group_multi_label_loss(self, group_feat, text_feat):
+        """group_feat: [B, G, C] projected final groups; text_feat: [B, k, C] prompted nouns -> soft-target InfoNCE
+        where an image-prompt score is the prompt's cosine with the image's best-matching group."""
+        B, k = text_feat.shape[:2]
+        groups = F.normalize(group_feat, dim=-1)
+        words = F.normalize(text_feat, dim=-1).flatten(0, 1)
+        scale = self.logit_scale if self.share_temperature else self.multi_label_logit_scale
+        scale = torch.clamp(scale.exp(), max=100)
+        per_image = torch.einsum('bgc,nc->bgn', groups, all_gather_with_grad(words)).amax(dim=1) * scale
+        per_word = torch.einsum('nc,bgc->nbg', words, all_gather_with_grad(groups)).amax(dim=-1) * scale
+        loss_img = soft_cross_entropy(per_image, self._own_targets(1, k, B, per_image))
+        loss_text = soft_cross_entropy(per_word, self._own_targets(k, 1, B, per_word))
+        return 0.5 * (loss_img + loss_text)
+
     def encode_image(self, image, *, return_feat=False, as_dict=False):
         """image: [B, 3, H, W] -> image_x [B, C]; with return_feat also 'image_feat' [B, G, C] (projected groups)."""
         outs = self.img_encoder(image, return_feat=return_feat, as_dict=True)
@@ -161,7 +181,10 @@ class MultiLabelContrastive(SegmentationMethod):
             hard = stages[0].attn_dict['hard'][:, 0].transpose(1, 2)  # [B, L, G]
             losses['loss_superpixel_kl'] = self.superpixel_kl_weight * superpixel_kl_loss(
                 hard, inputs['seg_labels'].reshape(hard.shape[0], -1))
-        if self.with_multi_label:
+        if self.with_multi_label and self.multi_label_match == 'best_group':
+            losses['multi_label_loss'] = self.multi_label_loss_weight * self.best_group_multi_label_loss(
+                self.img_projector(tokens), text_outs['text_multi_label_x'])
+        elif self.with_multi_label:
             losses['multi_label_loss'] = self.multi_label_loss_weight * self.multi_label_loss(
                 image_x.unsqueeze(1), text_outs['text_multi_label_x'])
         return losses
