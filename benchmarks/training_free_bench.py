@@ -103,6 +103,10 @@ def official_segmentor(method, repo, weights, protocol, template_index=0):
             sample = SegDataSample(metainfo=dict(ori_shape=ori_shape, img_shape=tuple(inputs.shape[-2:])))
             return seg.predict(inputs, [sample])[0].pred_sem_seg.data[0]
     else:
+        # ClearCLIP ships its own changed open_clip; the installed one (our templates and tokenizer read from it) must
+        # not stand in for it
+        for name in [n for n in sys.modules if n == 'open_clip' or n.startswith('open_clip.')]:
+            del sys.modules[name]
         import clearclip_segmentor as module
         from open_clip import load_openai_model
         module.openai_imagenet_template = module.openai_imagenet_template[template_index:template_index + 1]
