@@ -3,6 +3,11 @@ label legend and the final groups. Runs on CPU and offline.
 
     python demo/app.py --resume CKPT [--cfg CFG] [--dataset voc] [--port 7860]
     python demo/app.py            # the quickstart's toy model if present, else random weights (and says which)
+    python demo/app.py --method sclip --dataset voc21 --resume ViT-B-16.pt   # a training-free method's protocol
+
+With a training-free method the page's class names are the preset's: left as shown, they run with its class-name file
+(several names per class, max over names); typed names are one name per class. The threshold is its prob_thd. The
+protocol is shown with every result.
 """
 import argparse
 import os
@@ -24,8 +29,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from demo import visualize as vis  # noqa: E402
-from demo.inference import (ROOT, DemoError, Segmenter, free_vocabulary, load_model, parse_vocab,  # noqa: E402
-                            preset_names)
+from demo.inference import (ROOT, DemoError, Segmenter, Vocabulary, all_preset_names, free_vocabulary,  # noqa: E402
+                            load_model, parse_vocab)
+from models.training_free import TRAINING_FREE_METHODS  # noqa: E402
 
 EXAMPLE_DIR = osp.join(ROOT, 'demo', 'examples')
 # toy-world scenes for the examples: (seed, class indices of tools/toy_world.CLASSES, bottom to top)
@@ -43,8 +49,12 @@ def parse_args(argv=None):
     parser.add_argument('--quickstart-ckpt', default=osp.join('output', 'quickstart', 'checkpoint.pth'),
                         help='toy model used when --resume is not given')
     parser.add_argument('--quickstart-cfg', default=osp.join('output', 'quickstart', 'config.yml'))
-    parser.add_argument('--dataset', choices=preset_names(), metavar='PRESET',
-                        help='protocol preset and default class names (default: toy for the toy model, else voc)')
+    parser.add_argument('--method', choices=tuple(TRAINING_FREE_METHODS),
+                        help='a training-free CLIP method: configs/training_free/METHOD.yml unless --cfg; --resume '
+                        "is then OpenAI's ViT-B-16.pt (optional: random weights without it)")
+    parser.add_argument('--dataset', choices=all_preset_names(), metavar='PRESET',
+                        help='protocol preset and default class names (default: toy for the toy model, else voc; '
+                        "a training-free method: its published protocol for that benchmark, e.g. voc21)")
     parser.add_argument('--host', default='127.0.0.1')
     parser.add_argument('--port', type=int, default=int(os.environ.get('GRADIO_SERVER_PORT', 7860)),
                         help="default: $GRADIO_SERVER_PORT (Gradio's own setting), else 7860")
@@ -67,6 +77,14 @@ def choose_model(args) -> Tuple[object, Optional[str], str, str]:
     """-> (config, checkpoint or None, what is loaded in words, default preset)."""
     from utils.config import ConfigError, load_config
     try:
+        if args.method:
+            cfg_path = args.cfg or osp.join(ROOT, 'configs', 'training_free', f'{args.method}.yml')
+            cfg = load_config(cfg_path)
+            if cfg.model.get('type', '').lower() != args.method:
+                raise DemoError(f"--method {args.method}, but {cfg_path} is a {cfg.model.get('type')} config")
+            said = f'{args.method} with CLIP weights {args.resume}' if args.resume else (
+                f'{args.method} with RANDOM weights: no --resume (OpenAI\'s ViT-B-16.pt)')
+            return cfg, args.resume, said, 'voc'
         if args.resume:
             cfg = load_config(args.cfg) if args.cfg else stored_config(args.resume)
             return cfg, args.resume, f'checkpoint {args.resume}', 'voc'
@@ -108,12 +126,22 @@ class App:
     def __init__(self, segmenter: Segmenter):
         self.segmenter = segmenter
 
+    def vocabulary(self, names_text: str, with_bg: bool) -> Vocabulary:
+        """The typed names as one name per class; a training-free preset's own names left as shown (and its
+        background choice) keep the preset's query names (several per class)."""
+        names = parse_vocab(names_text or '')
+        preset = self.segmenter.default_vocabulary()
+        if preset.queries is not None and names == preset.prompts and bool(with_bg) == preset.with_bg:
+            return preset
+        return free_vocabulary(names, bool(with_bg))
+
     def segment(self, image, names_text, bg_thresh, with_bg):
+        """-> (overlay, labelled picture, group picture or None, labels found, protocol line)."""
         import gradio as gr
         if image is None:
             raise gr.Error('upload an image first')
         try:
-            vocab = free_vocabulary(parse_vocab(names_text or ''), bool(with_bg))
+            vocab = self.vocabulary(names_text, with_bg)
         except DemoError as e:
             raise gr.Error(str(e))
         image = np.asarray(Image.fromarray(image).convert('RGB'))
@@ -125,7 +153,7 @@ class App:
         if pred.groups:
             groups = vis.group_label_picture(image, pred.groups[-1], pred.group_names, pred.num_groups[-1],
                                              sum(pred.num_groups[:-1]))
-        return overlay, labelled, groups, summary(pred.labels, pred.names)
+        return overlay, labelled, groups, summary(pred.labels, pred.names), self.segmenter.protocol(vocab, bg_thresh)
 
 
 def build_ui(app: App, description: str, examples: List[str]):
@@ -143,16 +171,18 @@ def build_ui(app: App, description: str, examples: List[str]):
                                    elem_id='class-names')
                 bg_thresh = gr.Slider(0.0, 1.0, value=app.segmenter.default_bg_thresh, step=0.01,
                                       label='Background threshold', elem_id='bg-thresh')
-                with_bg = gr.Checkbox(value=True, label='Background class', elem_id='with-bg')
+                with_bg = gr.Checkbox(value=vocab.with_bg or not app.segmenter.training_free, label='Background class',
+                                      elem_id='with-bg')
                 run = gr.Button('Segment', variant='primary', elem_id='segment')
             with gr.Column():
                 overlay = gr.Image(label='Overlay', format='png', interactive=False, elem_id='overlay')
                 found = gr.Textbox(label='Labels found', lines=4, interactive=False, elem_id='labels')
+                protocol = gr.Textbox(label='Protocol', lines=3, interactive=False, elem_id='protocol')
         with gr.Row():
             labelled = gr.Image(label='Labels and legend', format='png', interactive=False, elem_id='labelled')
             groups = gr.Image(label='Final groups: best class and score', format='png', interactive=False,
                               elem_id='groups')
-        run.click(app.segment, [image, names, bg_thresh, with_bg], [overlay, labelled, groups, found])
+        run.click(app.segment, [image, names, bg_thresh, with_bg], [overlay, labelled, groups, found, protocol])
         if examples:
             gr.Examples([[p, default_names] for p in examples], [image, names], label='Examples (toy world)')
     return ui

@@ -1,9 +1,14 @@
-"""Zero-shot segmentation of your own images with a GroupViT / PGSeg checkpoint.
+"""Zero-shot segmentation of your own images with a GroupViT / PGSeg checkpoint, or a training-free CLIP method.
 
     python demo/demo_seg.py --cfg CFG --resume CKPT --input IMG_OR_FOLDER_OR_GLOB --output_dir DIR \\
         [--dataset voc | --vocab "dog, grass, sky"] [--bg-thresh 0.9] --vis input_pred_label group_labels
+    python demo/demo_seg.py --method sclip --dataset voc21 --resume ViT-B-16.pt --input IMG --output_dir DIR
 
-Writes DIR/<vis mode>/<input name>.png for every input and vis mode.
+--method maskclip|sclip|clearclip|naclip takes configs/training_free/<method>.yml (or give --cfg) and segments with
+that method's published full-image rule for --dataset (its benchmark: voc21, context60, coco_object, voc20,
+city_scapes, context59, ade20k, coco_stuff164k, or a preset name such as sclip_voc21), as main_seg.py evaluates it;
+--bg-thresh is then its prob_thd. Writes DIR/<vis mode>/<input name>.png for every input and vis mode, and prints the
+protocol.
 """
 import argparse
 import os
@@ -21,9 +26,11 @@ from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from demo import visualize as vis  # noqa: E402
-from demo.inference import (DemoError, Segmenter, free_vocabulary, list_inputs, load_model, parse_vocab,  # noqa: E402
-                            preset_names, read_image)
+from demo.inference import (ROOT, DemoError, Segmenter, all_preset_names, free_vocabulary, list_inputs,  # noqa: E402
+                            load_model, parse_vocab, read_image, training_free_method_name)
+from models.training_free import TRAINING_FREE_METHODS  # noqa: E402
 
+TRAINING_FREE = tuple(TRAINING_FREE_METHODS)  # --method choices
 VIS_MODES = ('input', 'pred', 'input_pred', 'input_pred_label', 'all_groups', 'first_group', 'final_group',
              'group_labels')
 GROUP_MODES = ('all_groups', 'first_group', 'final_group', 'group_labels')
@@ -32,19 +39,23 @@ GROUP_MODES = ('all_groups', 'first_group', 'final_group', 'group_labels')
 def parse_args(argv=None):
     parser = argparse.ArgumentParser('GroupViT / PGSeg zero-shot segmentation demo',
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument('--cfg', required=True, help='model config (.yml)')
+    parser.add_argument('--cfg', help='model config (.yml); default with --method: configs/training_free/METHOD.yml')
+    parser.add_argument('--method', choices=TRAINING_FREE, help='a training-free CLIP method (its config unless '
+                        '--cfg); --dataset then names its published protocol')
     parser.add_argument('--opts', nargs='+', default=None, help="config overrides, 'key=value'")
     parser.add_argument('--resume', help='checkpoint (.pth, .safetensors or folder); without it: random weights')
     parser.add_argument('--input', nargs='+', required=True, help='image files, folders or glob patterns')
     parser.add_argument('--output_dir', '--output-dir', dest='output_dir', required=True, help='output folder')
     parser.add_argument('--vis', nargs='+', default=['input_pred_label'], choices=VIS_MODES, metavar='MODE',
                         help=f'what to write, any of: {", ".join(VIS_MODES)}')
-    parser.add_argument('--dataset', default='voc', choices=preset_names(), metavar='PRESET',
+    parser.add_argument('--dataset', default='voc', choices=all_preset_names(), metavar='PRESET',
                         help='benchmark preset: its class names (unless --vocab), prompts, resize, sliding window '
-                        f'and background threshold; one of {", ".join(preset_names())}')
+                        'and background threshold (a training-free method: its published protocol for that '
+                        f'benchmark); one of {", ".join(all_preset_names())}')
     parser.add_argument('--vocab', help='free class names, "dog, grass, sky", or a text file with one name a line')
     parser.add_argument('--no-bg', action='store_true', help='with --vocab: no background output')
-    parser.add_argument('--bg-thresh', type=float, help="background threshold (default: the preset's)")
+    parser.add_argument('--bg-thresh', type=float, help="background threshold (default: the preset's; a training-free "
+                        "preset's prob_thd)")
     parser.add_argument('--seg-opts', nargs='+', default=(), help="preset overrides, e.g. 'test_cfg.mode=whole'")
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     return parser.parse_args(argv)
@@ -105,10 +116,19 @@ def collect_inputs(specs):
     return paths, problems
 
 
+def config_path(args) -> str:
+    """--cfg, else the training-free config of --method; DemoError when neither is given."""
+    if args.cfg:
+        return args.cfg
+    if args.method:
+        return osp.join(ROOT, 'configs', 'training_free', f'{args.method}.yml')
+    raise DemoError('give the model config (--cfg CFG) or a training-free method (--method sclip)')
+
+
 def build_segmenter(args):
     from utils.config import ConfigError, get_config
     try:
-        cfg = get_config(Namespace(cfg=args.cfg, opts=args.opts))
+        cfg = get_config(Namespace(cfg=config_path(args), opts=args.opts))
     except ConfigError as e:
         raise DemoError(str(e)) from None
     with warnings.catch_warnings(record=True) as caught:
@@ -116,6 +136,9 @@ def build_segmenter(args):
         model = load_model(cfg, args.resume)
     for w in caught:
         print(f'WARNING: {w.message}', file=sys.stderr)
+    method = training_free_method_name(model)
+    if args.method and method != args.method:
+        raise DemoError(f'--method {args.method}, but {config_path(args)} builds {method or type(model).__name__}')
     return Segmenter(model, cfg, args.dataset, args.seg_opts, args.device)
 
 
@@ -146,6 +169,7 @@ def run(args):
         write_outputs(args.output_dir, name, args.vis, image, pred)
     print(f'wrote {len(args.vis)} vis mode(s) for {len(paths) - (failed - len(problems))} image(s) to '
           f'{args.output_dir} ({len(vocab.names)} classes{", background first" if vocab.with_bg else ""})')
+    print('protocol: ' + segmenter.protocol(vocab, args.bg_thresh))
     return failed
 
 

@@ -3,13 +3,17 @@
 Uses the benchmark code of `segmentation/` unchanged: a protocol preset (segmentation/configs/_base_/datasets/*.py)
 gives the resize, the sliding window, the template set, the background rule and threshold, and the class names;
 `ZeroShotSegmentor` (or its compact form for many classes) runs the method per crop and the sliding window.
+A training-free method (MaskCLIP, SCLIP, ClearCLIP, NACLIP) with one of its presets
+(segmentation/configs/_base_/datasets/training_free/<method>_<benchmark>.py) is segmented by `TrainingFreeSegmentor`,
+the published full-image rule main_seg.py evaluates it with (query-name files with several names per class, logit
+scale, prob_thd, area_thd, PAMR, whole image or windows).
 """
 import glob
 import os
 import os.path as osp
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -17,7 +21,7 @@ import torch
 import segmentation  # noqa: F401  (makes mmcv.ops importable before mmseg)
 from segmentation.datasets import SegDataError, read_toy_classes
 from datasets.templates import get_templates
-from segmentation.evaluation import load_benchmark, prompt_names
+from segmentation.evaluation import describe_protocol, format_protocol, load_benchmark, prompt_names
 from segmentation.evaluation.compact import build_zero_shot_segmentor, labels_at_size
 from utils.zero_shot import class_embeddings
 
@@ -27,6 +31,10 @@ PRESET_DIR = osp.join(ROOT, 'segmentation', 'configs', '_base_', 'datasets')
 ALIASES = {'voc': 'pascal_voc12', 'context': 'pascal_context', 'coco': 'coco', 'ade': 'tcl_ade20k',
            'cityscapes': 'tcl_cityscapes', 'coco_stuff': 'tcl_coco_stuff', 'context59': 'tcl_context59',
            'voc20': 'tcl_voc20', 'toy': 'toy'}
+TRAINING_FREE_PRESET_DIR = osp.join(PRESET_DIR, 'training_free')
+# a training-free method's benchmark under the short names of the generic presets (--method sclip --dataset voc)
+TRAINING_FREE_ALIASES = {'voc': 'voc21', 'context': 'context60', 'coco': 'coco_object', 'ade': 'ade20k',
+                         'cityscapes': 'city_scapes', 'coco_stuff': 'coco_stuff164k'}
 # at most this many times the crop area is encoded at once for the group maps (the image is downscaled past it)
 GROUP_MAP_CROPS = 4
 
@@ -36,15 +44,47 @@ class DemoError(Exception):
 
 
 def preset_names() -> List[str]:
-    """Every accepted --dataset value: the aliases and every preset file stem."""
+    """The generic presets (any method): the aliases and every preset file stem."""
     stems = sorted(osp.splitext(osp.basename(p))[0] for p in glob.glob(osp.join(PRESET_DIR, '*.py')))
     return sorted(set(ALIASES) | set(stems))
 
 
-def preset_path(name: str) -> str:
+def training_free_preset_names() -> List[str]:
+    """The training-free presets: '<method>_<benchmark>' (that method's published protocol), and the names a
+    training-free model resolves to its own preset: the benchmarks, their aliases, 'toy'."""
+    from segmentation.evaluation.training_free import TRAINING_FREE_BENCHMARKS
+    stems = [osp.splitext(osp.basename(p))[0] for p in glob.glob(osp.join(TRAINING_FREE_PRESET_DIR, '*.py'))]
+    return sorted(set(stems) | set(TRAINING_FREE_BENCHMARKS) | set(TRAINING_FREE_ALIASES))
+
+
+def all_preset_names() -> List[str]:
+    """Every accepted --dataset value."""
+    return sorted(set(preset_names()) | set(training_free_preset_names()))
+
+
+def _training_free_preset(stem: str) -> Optional[str]:
+    """'<method>_<benchmark>' or 'toy' -> the training-free preset file, if there is one."""
+    from models.training_free import TRAINING_FREE_METHODS
+    path = osp.join(TRAINING_FREE_PRESET_DIR, stem + '.py')
+    return path if (stem.split('_')[0] in TRAINING_FREE_METHODS or stem == 'toy') and osp.isfile(path) else None
+
+
+def preset_path(name: str, method: Optional[str] = None) -> str:
+    """A --dataset value -> its preset file. method: the training-free method of the model ('sclip', ...) or None;
+    with one, a benchmark name ('voc21', its alias 'voc', 'toy') is that method's preset, as its repository evaluates
+    it. '<method>_<benchmark>' names one method's preset whatever the model (the segmentor refuses another's)."""
+    if method is not None:
+        path = _training_free_preset(f'{method}_{TRAINING_FREE_ALIASES.get(name, name)}') or (
+            _training_free_preset(name) if name == 'toy' else None)
+        if path:
+            return path
+    path = _training_free_preset(name) if name != 'toy' else None
+    if path:
+        return path
     path = osp.join(PRESET_DIR, ALIASES.get(name, name) + '.py')
     if not osp.isfile(path):
-        raise DemoError(f"unknown dataset preset '{name}'; choose one of {', '.join(preset_names())}")
+        raise DemoError(f"unknown dataset preset '{name}'; choose one of "
+                        f"{', '.join(preset_names() if method is None else all_preset_names())}")
     return path
 
 
@@ -66,14 +106,26 @@ def parse_vocab(text: str) -> List[str]:
 
 @dataclass
 class Vocabulary:
-    """names: outputs (with 'background' first when with_bg); prompts: text of each foreground class."""
+    """names: outputs (with 'background' first when with_bg); prompts: text of each foreground class.
+    queries, query_idx: a training-free preset's query names (several per class in its class-name file) and the output
+    of each; None: one query per output, its name (free names)."""
     names: List[str]
     prompts: List[str]
     with_bg: bool
+    queries: Optional[List[str]] = None
+    query_idx: Optional[List[int]] = None
+
+    def training_free_queries(self) -> Tuple[List[str], List[int]]:
+        """-> (query names, output of each) for the training-free rule: the preset's, else one per output name
+        ('background' included: the published rule scores background as a class)."""
+        if self.queries is not None:
+            return list(self.queries), list(self.query_idx)
+        return list(self.names), list(range(len(self.names)))
 
 
 def preset_vocabulary(bench) -> Vocabulary:
-    """Class names of a preset from its dataset class (no data needed); the toy world's from classes.json."""
+    """Class names of a preset from its dataset class (no data needed); the toy world's from classes.json; a
+    training-free preset's query names and their classes from its class-name file."""
     from mmengine.registry import init_default_scope
     from mmseg.registry import DATASETS
     init_default_scope('mmseg')
@@ -83,7 +135,15 @@ def preset_vocabulary(bench) -> Vocabulary:
         classes = _toy_classes(bench)
     names = list(classes)
     with_bg = names[0] == 'background'
-    return Vocabulary(names, prompt_names(bench, tuple(names), with_bg), with_bg)
+    vocab = Vocabulary(names, prompt_names(bench, tuple(names), with_bg), with_bg)
+    if bench.test_cfg.get('training_free'):
+        from segmentation.evaluation.training_free import training_free_queries
+        from utils.config import ConfigError
+        try:
+            vocab.queries, vocab.query_idx = training_free_queries(bench, names)
+        except ConfigError as e:
+            raise DemoError(str(e)) from None
+    return vocab
 
 
 def _toy_classes(bench):
@@ -111,16 +171,29 @@ class Prediction:
     group_names: Dict[int, str] = field(default_factory=dict)
 
 
+def training_free_method_name(model) -> Optional[str]:
+    """'maskclip' | 'sclip' | 'clearclip' | 'naclip' for a training-free method, else None."""
+    from models.training_free import TRAINING_FREE_METHODS
+    return next((name for name, cls in TRAINING_FREE_METHODS.items() if type(model) is cls), None)
+
+
 class Segmenter:
-    """A model plus a protocol preset; `predict(image, vocabulary, bg_thresh)` segments one RGB image."""
+    """A model plus a protocol preset; `predict(image, vocabulary, bg_thresh)` segments one RGB image. A training-free
+    preset runs the published full-image rule (TrainingFreeSegmentor, as main_seg.py); bg_thresh is its prob_thd."""
 
     def __init__(self, model, cfg, preset: str = 'voc', seg_opts: Sequence[str] = (), device='cpu'):
+        from segmentation.evaluation.training_free import training_free_method
+        from utils.config import ConfigError
         self.model = model.to(device).eval()
         self.device = torch.device(device)
+        self.method = training_free_method_name(self.model)
         template = cfg.evaluate.seg.get('template', 'simple') if 'evaluate' in cfg else 'simple'
         try:
-            self.bench = load_benchmark(preset_path(preset), list(seg_opts), template=template)
-        except SegDataError as e:
+            self.bench = load_benchmark(preset_path(preset, self.method), list(seg_opts), template=template)
+            self.training_free = bool(self.bench.test_cfg.get('training_free'))
+            if self.training_free:
+                training_free_method(self.model, self.bench)
+        except (SegDataError, ConfigError) as e:
             raise DemoError(str(e)) from None
         self.preset = preset
         self._text_cache = {}
@@ -156,10 +229,27 @@ class Segmenter:
         x = torch.from_numpy(np.array(image, dtype=np.float32)).permute(2, 0, 1)[None]
         return ((x - mean) / std).to(self.device)
 
+    def protocol(self, vocab: Vocabulary, bg_thresh: Optional[float] = None) -> str:
+        """The protocol line printed with every result, as main_seg.py's (preset, resize, windows, the background
+        rule or the training-free method's rule with the threshold used) and where the class names came from."""
+        thresh = self.default_bg_thresh if bg_thresh is None else float(bg_thresh)
+        info = describe_protocol(self.bench, len(vocab.names), vocab.with_bg)
+        if info.get('bg_thresh') is not None:
+            info['bg_thresh'] = thresh
+        if self.training_free:
+            info['training_free'] = {**info['training_free'], 'prob_thd': thresh}
+        if vocab.queries is not None:
+            source = f'the preset\'s ({len(vocab.queries)} query names for {len(vocab.names)} classes)'
+        else:
+            source = f'free ({len(vocab.names)} names, one per class)'
+        return f'{format_protocol(info)} | vocabulary={source}'
+
     @torch.no_grad()
     def predict(self, image: np.ndarray, vocab: Vocabulary, bg_thresh: Optional[float] = None,
                 with_groups: bool = True) -> Prediction:
         """image: [H, W, 3] uint8 RGB -> Prediction at the image's size."""
+        if self.training_free:
+            return self._predict_training_free(image, vocab, bg_thresh)
         text = self.text_embedding(vocab.prompts)
         test_cfg = dict(self.bench.test_cfg)
         test_cfg['bg_thresh'] = self.default_bg_thresh if bg_thresh is None else float(bg_thresh)
@@ -171,6 +261,21 @@ class Segmenter:
         if with_groups:
             self._add_groups(pred, inputs, image.shape[:2], text, vocab, test_cfg)
         return pred
+
+    def _predict_training_free(self, image: np.ndarray, vocab: Vocabulary, bg_thresh: Optional[float]) -> Prediction:
+        """The published full-image rule of the preset's method through TrainingFreeSegmentor (main_seg.py's
+        segmentor); bg_thresh replaces the preset's prob_thd."""
+        from mmseg.structures import SegDataSample
+        from segmentation.evaluation.training_free import TrainingFreeSegmentor
+        queries, query_idx = vocab.training_free_queries()
+        settings = dict(self.bench.test_cfg.training_free)
+        if bg_thresh is not None:
+            settings['prob_thd'] = float(bg_thresh)
+        segmentor = TrainingFreeSegmentor(self.model, self.text_embedding(queries), query_idx, settings).eval()
+        inputs = self.to_tensor(self.resize(image))
+        sample = SegDataSample(metainfo=dict(ori_shape=image.shape[:2], img_shape=tuple(inputs.shape[-2:])))
+        labels = segmentor.predict(inputs, [sample])[0].pred_sem_seg.data[0].cpu().numpy()
+        return Prediction(labels, list(vocab.names), vocab.with_bg)
 
     def _group_input(self, inputs: torch.Tensor) -> torch.Tensor:
         """The resized image, further downscaled when larger than GROUP_MAP_CROPS crops (bounded memory)."""
@@ -213,10 +318,16 @@ def load_model(cfg, resume: Optional[str], seed: int = 0):
         model = build_and_load(cfg.model, resume or None)
     except (CheckpointError, OSError) as e:
         raise DemoError(str(e)) from None
-    if not resume:
+    if not resume and not _weights_in_config(cfg):
         warnings.warn('no checkpoint given (--resume): the model has RANDOM weights, its segmentations mean nothing',
                       stacklevel=2)
     return model.eval()
+
+
+def _weights_in_config(cfg) -> bool:
+    """A training-free config whose model.clip_model is the path of a CLIP file: its weights are not random."""
+    clip_model = cfg.model.get('clip_model')
+    return isinstance(clip_model, str) and osp.isfile(clip_model)
 
 
 def read_image(path: str) -> np.ndarray:

@@ -54,8 +54,8 @@ def test_segment_callback_outputs(tiny):
     ui_app = app.App(Segmenter(load_model(cfg, tiny['ckpt']), cfg, 'toy'))
     image = two_scene_image(tiny['images'])
     names = 'circle, square, triangle, star, ring, cross, heart, diamond'
-    overlay, labelled, groups, found = ui_app.segment(image, names, 0.0, True)
-    assert overlay.shape == image.shape and not np.array_equal(overlay, image)
+    overlay, labelled, groups, found, protocol = ui_app.segment(image, names, 0.0, True)
+    assert overlay.shape == image.shape and not np.array_equal(overlay, image) and 'protocol=' in protocol
     assert labelled.shape[0] > image.shape[0] and groups.shape[0] > image.shape[0]
     lines = found.splitlines()
     assert len(lines) > 1 and all(line.split(':')[0] in names.split(', ') for line in lines)

@@ -85,3 +85,19 @@ def test_seg_memory_reports_a_919_class_evaluation(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report['num_classes'] == 920 and report['original_hw'] == [300, 500] and report['logits'] == 'compact'
     assert report['peak_rss_mib'] >= report['rss_after_model_mib'] > 0 and 0 <= report['mIoU'] <= 100
+
+
+def test_training_free_bench_skips_without_the_official_code(tmp_path, capsys):
+    """A clone without the official repositories: one line per method saying why, no table, no worker started."""
+    from benchmarks import training_free_bench
+    (tmp_path / 'SCLIP').mkdir()  # present, but not run: only naclip is asked for
+    training_free_bench.main(['--official-root', str(tmp_path), '--methods', 'naclip', '--out',
+                              str(tmp_path / 'r.json')])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == (f"skip naclip: no NACLIP clone at {tmp_path / 'NACLIP'} "
+                        '(git clone https://github.com/sinahmr/NACLIP)')
+    assert not any(line.startswith('|') for line in lines)
+    training_free_bench.main(['--official-root', '', '--methods', 'sclip'])
+    assert capsys.readouterr().out.startswith('skip sclip: no official code: pass --official-root DIR')
+    with pytest.raises(SystemExit, match='unknown'):
+        training_free_bench.main(['--methods', 'segclip'])

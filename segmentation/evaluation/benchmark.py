@@ -103,12 +103,19 @@ def prompt_names(bench, classes, with_bg):
 def describe(bench, dataset):
     """The protocol as a flat dict (printed with and stored next to every result)."""
     classes, with_bg = class_names(dataset)
+    info = dict(protocol=bench.protocol, paper=bench.paper, config=bench.config_path, dataset=bench.dataset.type,
+                data_root=bench.data_root, split=bench.dataset.get('ann_file'), num_images=len(dataset))
+    return {**info, **describe_protocol(bench, len(classes), with_bg)}
+
+
+def describe_protocol(bench, num_classes, with_bg):
+    """What the protocol does to an image (resize, windows, templates, background rule, PAMR, a training-free
+    method's rule) as a flat dict: `describe` without the dataset (the demo prints it for its own images)."""
     t = bench.test_cfg
     scale = next((p.get('scale') for p in bench.test_pipeline if p['type'] == 'Resize'), None)
     info = dict(
-        protocol=bench.protocol, paper=bench.paper, config=bench.config_path, dataset=bench.dataset.type,
-        data_root=bench.data_root, split=bench.dataset.get('ann_file'), num_images=len(dataset),
-        num_classes=len(classes), with_bg=with_bg, template=t.template, resize=list(scale) if scale else None,
+        protocol=bench.protocol, paper=bench.paper, config=bench.config_path, num_classes=num_classes,
+        with_bg=with_bg, template=t.template, resize=list(scale) if scale else None,
         mode=t.mode, bg_rule=t.bg_rule if with_bg else None, bg_thresh=t.bg_thresh if with_bg else None,
         pamr=bool(t.pamr), top_k=t.top_k)
     if t.mode == 'slide':

@@ -242,16 +242,11 @@ class TrainingFreeSegmentor(BaseSegmentor):
         raise NotImplementedError('training-free methods are not trained')
 
 
-def build_training_free_segmentor(model, dataset, bench) -> TrainingFreeSegmentor:
-    """The segmentor of a training-free benchmark config (see apply_training_free_protocol) around `model`: query
-    names from the table's class-name file, or (no benchmark in the config) one name per class of the dataset."""
-    from datasets.templates import get_templates
-    from mmseg.models import SegDataPreProcessor
+def training_free_method(model, bench) -> str:
+    """The name of the training-free method `model` is ('sclip', ...); ConfigError when it is none, or when the
+    training-free benchmark config `bench` is another method's protocol."""
     from models.training_free import TRAINING_FREE_METHODS, TrainingFreeCLIP
     from utils.config import ConfigError
-    from utils.zero_shot import class_embeddings
-
-    from .benchmark import class_names, prompt_names
     settings = bench.test_cfg.training_free
     if not isinstance(model, TrainingFreeCLIP):
         raise ConfigError(f'{bench.config_path} is a training-free protocol; {type(model).__name__} is not a '
@@ -260,16 +255,41 @@ def build_training_free_segmentor(model, dataset, bench) -> TrainingFreeSegmento
     if settings.get('method') not in (None, method):
         raise ConfigError(f"{bench.config_path} is {settings['method']}'s protocol, but the model is {method}; "
                           f'choose the {method}_* preset')
-    classes, _ = class_names(dataset)
+    return method
+
+
+def training_free_queries(bench, classes: Sequence[str]) -> Tuple[List[str], List[int]]:
+    """The query names of a training-free benchmark config and the class of each: the table's class-name file for
+    its (method, benchmark), or (no benchmark in the config) one name per class of `classes` (the dataset's output
+    classes, background included); ConfigError when their class counts differ."""
+    from utils.config import ConfigError
+
+    from .benchmark import prompt_names
+    settings = bench.test_cfg.training_free
     if settings.get('benchmark'):
         table = training_free_protocol(settings['method'], settings['benchmark'])
         names, query_idx = table['names'], table['query_idx']
     else:
-        names, query_idx = prompt_names(bench, classes, False), list(range(len(classes)))
+        names, query_idx = prompt_names(bench, tuple(classes), False), list(range(len(classes)))
     if max(query_idx) + 1 != len(classes):
         raise ConfigError(f'{bench.config_path}: {max(query_idx) + 1} classes in the names, {len(classes)} in the '
                           'dataset')
+    return names, query_idx
+
+
+def build_training_free_segmentor(model, dataset, bench) -> TrainingFreeSegmentor:
+    """The segmentor of a training-free benchmark config (see apply_training_free_protocol) around `model`: query
+    names from the table's class-name file, or (no benchmark in the config) one name per class of the dataset."""
+    from datasets.templates import get_templates
+    from mmseg.models import SegDataPreProcessor
+    from utils.zero_shot import class_embeddings
+
+    from .benchmark import class_names
+    training_free_method(model, bench)
+    classes, _ = class_names(dataset)
+    names, query_idx = training_free_queries(bench, classes)
     device = next(model.parameters()).device
     text = class_embeddings(model, names, get_templates(bench.test_cfg.template))
     preprocessor = SegDataPreProcessor(**{k: v for k, v in bench.data_preprocessor.items() if k != 'type'})
-    return TrainingFreeSegmentor(model, text, query_idx, settings, data_preprocessor=preprocessor).to(device)
+    return TrainingFreeSegmentor(model, text, query_idx, bench.test_cfg.training_free,
+                                 data_preprocessor=preprocessor).to(device)
