@@ -1,7 +1,8 @@
 """Image transforms: the two training augmentations of GroupViT/PGSeg and the zero-shot validation transform.
 
-``img_aug.deit_aug: false``  RandomResizedCrop(img_size, scale=img_scale) + horizontal flip (``hflip``) + normalisation
-(``normalize``: ImageNet's mean/std, or CLIP's); with ``superpixels.enabled`` also superpixel labels per patch.
+``img_aug.deit_aug: false``  RandomResizedCrop(img_size, scale=img_scale) + horizontal flip (``hflip``) + grey with
+probability ``grayscale`` + normalisation (``normalize``: ImageNet's mean/std, or CLIP's); with
+``superpixels.enabled`` also superpixel labels per patch.
 ``img_aug.deit_aug: true``   timm ``create_transform`` (RandAugment ``auto_augment``, colour jitter, random erasing).
 Validation resizes the short side to ``img_size + 32`` (plain) or ``img_size * 256 / 224`` (DeiT), or to
 ``img_size / img_aug.val_crop_pct`` when that is set (1.0: the whole image), and centre-crops.
@@ -48,8 +49,11 @@ def build_train_transform(img_aug: DictConfig) -> Callable:
                                                             min_size=superpixels.min_size))
     if not img_aug.deit_aug:
         flip = [T.RandomHorizontalFlip()] if OmegaConf.select(img_aug, 'hflip', default=True) else []
+        grey = float(OmegaConf.select(img_aug, 'grayscale', default=0.0))
+        if not 0 <= grey <= 1:
+            raise ValueError(f'data.img_aug.grayscale is a probability, got {grey}')
         return T.Compose([T.RandomResizedCrop(img_aug.img_size, scale=tuple(img_aug.img_scale)),
-                          *flip, *_normalise(img_aug)])
+                          *flip, *([T.RandomGrayscale(grey)] if grey > 0 else []), *_normalise(img_aug)])
     return create_transform(
         input_size=img_aug.img_size,
         is_training=True,

@@ -151,3 +151,20 @@ def test_val_crop_pct_one_keeps_the_whole_image():
     assert torch.allclose(whole, expected, atol=1e-5)
     img_aug.val_crop_pct = None  # published: resize to 64 then crop the centre 32
     assert not torch.allclose(build_img_transform(False, img_aug)(img), expected, atol=1e-2)
+
+
+@pytest.mark.parametrize('grayscale', [0.0, 0.5, 1.0])
+def test_grayscale_probability_of_the_plain_training_crop(grayscale):
+    img_aug = OmegaConf.create({'deit_aug': False, 'img_size': 16, 'img_scale': [1.0, 1.0], 'hflip': False,
+                                'grayscale': grayscale})
+    transform = build_img_transform(True, img_aug)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    torch.manual_seed(0)
+    grey = []
+    for _ in range(200):
+        rgb = transform(img) * std + mean  # back to [0, 1]: a grey crop has three equal channels
+        grey.append(bool(torch.allclose(rgb[0], rgb[1], atol=1e-5) and torch.allclose(rgb[1], rgb[2], atol=1e-5)))
+    assert abs(np.mean(grey) - grayscale) < 0.1
+    with pytest.raises(ValueError, match='grayscale is a probability'):
+        build_img_transform(True, OmegaConf.merge(img_aug, {'grayscale': 1.5}))

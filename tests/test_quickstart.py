@@ -4,25 +4,74 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tools.make_toy_data import make_toy_world
+from tools.quickstart import DEFAULT_METHOD, all_methods_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_quickstart_runs_end_to_end(tmp_path):
-    world = tmp_path / 'toy'
+@pytest.fixture(scope='module')
+def tiny_world(tmp_path_factory):
+    world = tmp_path_factory.mktemp('world') / 'toy'
     make_toy_world(str(world), train_samples=256, samples_per_shard=128, cls_samples=16, seg_val=6, seg_tune=4)
-    out = tmp_path / 'qs'
+    return world
+
+
+def quickstart(world, out, *flags):
     proc = subprocess.run([sys.executable, 'tools/quickstart.py', '--root', str(world), '--output', str(out),
-                           '--epochs', '1'], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                           '--epochs', '1', *flags], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_quickstart_runs_end_to_end(tiny_world, tmp_path):
+    out = tmp_path / 'qs'
+    proc = quickstart(tiny_world, out)
     results = json.loads((out / 'results.json').read_text())
+    assert results['method'] == DEFAULT_METHOD
     for key in ('trained_miou', 'untrained_miou', 'background_miou', 'trained_top1', 'untrained_top1'):
         assert 0 <= results[key] <= 100, key
     # the all-background prediction scores only the background class: IoU = background share of the pixels
     assert 0 < results['background_miou'] < 100
     assert results['bg_thresh']['chosen_on'] == 'tune split'
+    assert results['images_per_second'] > 0 and results['epochs'] == 1
     assert (out / 'loss_curves.png').stat().st_size > 0
     assert list((out / 'vis').glob('*.png'))
     assert (out / 'checkpoint.pth').is_file() and (out / 'config.yml').is_file()
     assert '| trained |' in proc.stdout
+
+
+def test_training_free_method_runs_on_the_quickstart_clip(tiny_world, tmp_path):
+    """--method sclip: the toy CLIP is trained first (its own folder), then SCLIP segments with it untrained."""
+    out = tmp_path / 'qs'
+    quickstart(tiny_world, out, '--method', 'sclip')
+    results = json.loads((out / 'results.json').read_text())
+    clip = json.loads((out / 'clip' / 'results.json').read_text())
+    assert results['method'] == 'sclip' and clip['method'] == 'clip'
+    assert results['epochs'] == 0 and results['images_per_second'] is None  # nothing trained
+    assert results['checkpoint'] == str(out / 'checkpoint.pth')
+    saved = json.loads(json.dumps(results))
+    assert 0 <= saved['trained_miou'] <= 100 and saved['group_oracle_miou'] is None
+
+
+def test_unknown_method_is_one_line(tiny_world, tmp_path):
+    proc = subprocess.run([sys.executable, 'tools/quickstart.py', '--root', str(tiny_world), '--output',
+                           str(tmp_path), '--method', 'segformer'], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown method 'segformer'; choose one of clip, groupvit, pgseg, tcl, segclip, ovsegmentor, "
+        "maskclip, sclip, clearclip, naclip"]
+
+
+def test_all_methods_table():
+    rows = [dict(method='groupvit', recipe='configs/toy/quickstart.yml', trained_top1=97.0, trained_miou=12.3,
+                 untrained_miou=7.8, background_miou=9.3, group_oracle_miou=30.1, train_minutes=15.0,
+                 images_per_second=140.2),
+            dict(method='sclip', recipe='configs/toy/sclip_tiny.yml', trained_miou=41.0, untrained_miou=9.0,
+                 background_miou=9.3, group_oracle_miou=None, train_minutes=0.0, images_per_second=None)]
+    lines = all_methods_table(rows).splitlines()
+    assert len(lines) == 4 and lines[0].startswith('| method |')
+    assert lines[2] == ('| groupvit | `configs/toy/quickstart.yml` | 97.0 | 12.3 / 7.8 / 9.3 | 30.1 | 15.0 | 140.2 |')
+    assert lines[3] == '| sclip | `configs/toy/sclip_tiny.yml` | - | 41.0 / 9.0 / 9.3 | - | 0.0 | - |'
