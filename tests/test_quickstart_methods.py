@@ -49,10 +49,16 @@ def test_untrained_training_free_model_uses_an_untrained_clip():
     assert model.clip.visual.conv1.weight.shape[-1] == 8  # the toy CLIP's architecture, random weights
 
 
-@pytest.mark.parametrize('name', ['clip', 'groupvit', 'segclip'])
-def test_throughput_probe_runs_on_the_recipes_real_batch(name, tmp_path):
-    world = tmp_path / 'toy'
+@pytest.fixture(scope='module')
+def small_world(tmp_path_factory):
+    world = tmp_path_factory.mktemp('world') / 'toy'
     make_toy_world(str(world), train_samples=64, samples_per_shard=64, cls_samples=8, seg_val=2, seg_tune=2)
+    return world
+
+
+@pytest.mark.parametrize('name', ['clip', 'groupvit', 'segclip'])
+def test_throughput_probe_runs_on_the_recipes_real_batch(name, small_world):
+    world = small_world
     cfg = load_config(METHODS[name]['recipe'])
     cfg = OmegaConf.merge(cfg, {'data': {'root': str(world), 'batch_size': 4}})
     torch.set_num_threads(1)
