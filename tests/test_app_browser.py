@@ -65,8 +65,9 @@ def chromium(profile_dir):
     return webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
 
 
-def segment_in_browser(driver, url, image_path, names, bg_thresh, screenshot, timeout=90):
-    """Upload, type, set the threshold, click Segment -> (overlay natural size (w, h), labels text)."""
+def segment_in_browser(driver, url, image_path, names, bg_thresh, screenshot, timeout=90, groups=True):
+    """Upload, type, set the threshold, click Segment -> (overlay natural size (w, h), labels text); groups: also
+    wait for the final-groups picture (a model with groups)."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -85,8 +86,9 @@ def segment_in_browser(driver, url, image_path, names, bg_thresh, screenshot, ti
     wait.until(lambda d: d.execute_script(
         "const i = document.querySelector('#overlay img'); return i && i.complete && i.naturalWidth > 0;"))
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, '#labels textarea').get_attribute('value'))
-    wait.until(lambda d: d.execute_script(
-        "const i = document.querySelector('#groups img'); return i && i.complete && i.naturalWidth > 0;"))
+    if groups:
+        wait.until(lambda d: d.execute_script(
+            "const i = document.querySelector('#groups img'); return i && i.complete && i.naturalWidth > 0;"))
     size = driver.execute_script(
         "const i = document.querySelector('#overlay img'); return [i.naturalWidth, i.naturalHeight];")
     labels = driver.find_element(By.CSS_SELECTOR, '#labels textarea').get_attribute('value')

@@ -117,6 +117,6 @@ def test_demo_and_app_segment_with_tcl(toy, tcl_run, tmp_path, capsys):
     cfg = load_config(tcl_run['cfg'])
     ui_app = app.App(Segmenter(load_model(cfg, ckpt), cfg, 'toy'))
     picture = np.asarray(__import__('PIL.Image', fromlist=['Image']).open(image).convert('RGB'))
-    overlay, labelled, groups, found = ui_app.segment(picture, 'circle, square, star', 0.4, True)
+    overlay, labelled, groups, found, protocol = ui_app.segment(picture, 'circle, square, star', 0.4, True)
     assert overlay.shape == picture.shape and labelled.shape[0] > picture.shape[0] and groups is None
     assert found.strip()
