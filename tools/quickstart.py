@@ -30,7 +30,7 @@ from PIL import Image  # noqa: E402
 
 from datasets import build_img_transform, build_text_transform, build_train_data, build_val_loader  # noqa: E402
 from datasets import get_templates, tokenize  # noqa: E402
-from models import build_model  # noqa: E402
+from models import build_model, training_loss  # noqa: E402
 from segmentation.evaluation import (benchmark_from_cfg, evaluate_background, evaluate_seg,  # noqa: E402
                                      load_benchmark)
 from tools.make_toy_data import make_toy_world  # noqa: E402
@@ -131,8 +131,7 @@ def measure_throughput(cfg, steps=6, warmup=2):
     times = []
     for _ in range(warmup + steps):
         t0 = time.perf_counter()
-        losses = model(**inputs)
-        loss = sum(v for k, v in losses.items() if 'loss' in k)
+        loss = training_loss(model(**inputs))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -247,7 +246,8 @@ def evaluate_method(name, methods, cfg, model, args, out, vis=4):
     cfg = toy_cfg(cfg, args.root)
     shutil.rmtree(osp.join(out, 'vis'), ignore_errors=True)
     seg_trained = segment(cfg, model, args.root, vis=vis, output_dir=out)
-    seg_untrained = segment(cfg, untrained_model(cfg, methods, name), args.root)
+    untrained = untrained_model(cfg, methods, name)
+    seg_untrained = segment(cfg, untrained, args.root)
     background = evaluate_background(benchmark=load_benchmark(TOY_BENCHMARK, [f'data_root={args.root}/voc']))
     results = {
         'method': name, 'trained_miou': seg_trained['mIoU'], 'untrained_miou': seg_untrained['mIoU'],
@@ -259,7 +259,7 @@ def evaluate_method(name, methods, cfg, model, args, out, vis=4):
     }
     if 'cls' in cfg.evaluate.task:
         results['trained_top1'] = top1(cfg, model)
-        results['untrained_top1'] = top1(cfg, untrained_model(cfg, methods, name))
+        results['untrained_top1'] = top1(cfg, untrained)
     return results
 
 
