@@ -1,6 +1,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# pytest-xdist workers; loadfile keeps a file's tests in one worker (the README blocks run in order)
+TEST_WORKERS ?= 2
 MINUTES ?= 15
 # EPOCHS=N trains N epochs instead of fitting MINUTES (EPOCHS=1: a quick check of the whole pipeline)
 EPOCHS ?=
@@ -20,7 +22,7 @@ browser:
 	bash tests/setup_browser.sh
 
 test: install browser
-	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS) tests
 
 # The main job: toy world -> train the tiny model on CPU -> zero-shot classification and segmentation.
 quickstart: install

@@ -2,12 +2,20 @@
 
 `method_name` parametrises a test over all of them; `tiny_config(name)` / `build_tiny(name)` give one.
 """
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+
+if os.environ.get('PYTEST_XDIST_WORKER_COUNT'):
+    # pytest -n N: each worker (and every process it starts) gets its share of the cores, not all of them
+    _THREADS = str(max(1, (os.cpu_count() or 1) // int(os.environ['PYTEST_XDIST_WORKER_COUNT'])))
+    os.environ['OMP_NUM_THREADS'] = os.environ['MKL_NUM_THREADS'] = _THREADS
+    torch.set_num_threads(int(_THREADS))
+
 METHOD_CONFIGS = {path.stem: path for path in sorted((ROOT / 'tests' / 'configs').glob('*.yml'))}
 
 
