@@ -7,12 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import segmentation  # noqa: F401
+from models.base import GroupView
 from segmentation.datasets import SegDataError, encode_rgb_label_ids, imagenet_s_wnids
-from segmentation.evaluation import (build_benchmark_dataset, evaluate_background, load_benchmark, prompt_names,
-                                     select_split)
+from segmentation.evaluation import (build_benchmark_dataset, evaluate_background, evaluate_group_oracle,
+                                     load_benchmark, prompt_names, select_split)
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / 'segmentation/configs/_base_/datasets'
@@ -211,6 +213,39 @@ def test_background_baseline_matches_hand_computation(tmp_path):
     assert result['per_class']['table']['IoU'] == 0.0
     assert result['per_class']['cat']['IoU'] is None
     assert result['mIoU'] == pytest.approx(25.0) and result['aAcc'] == pytest.approx(50.0)
+
+
+class HalvesModel(torch.nn.Module):
+    """Two groups, the left and the right half of the image; `grouped=False`: a method without groups."""
+
+    def __init__(self, grouped=True):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.grouped = grouped
+
+    def tokenize(self, texts):
+        return torch.zeros(len(texts), 1, dtype=torch.long)
+
+    def build_text_embedding(self, text):
+        return torch.zeros(text.shape[0], 4)
+
+    def group_view(self, img, text_embedding, bg_thresh):
+        if not self.grouped:
+            return None
+        h, w = img.shape[-2:]
+        left = (torch.arange(w) < w // 2).float().expand(h, w)
+        return GroupView([torch.stack([left, 1 - left], -1)], torch.zeros(2, len(text_embedding)), bg_thresh)
+
+
+def test_group_oracle_labels_each_group_with_its_majority_class(tmp_path):
+    bench = load_benchmark(str(PRESETS / 'pascal_voc12.py'), [f'data_root={make_voc(tmp_path / "voc")}'])
+    result = evaluate_group_oracle(HalvesModel(), benchmark=bench)
+    # columns 0-9 background, 10-19 table, 20-29 ignored: the left half (10 background, 5 table) -> background,
+    # the right half (5 table, 10 ignored) -> table
+    assert result['per_class']['background']['IoU'] == pytest.approx(100 * 10 / 15)
+    assert result['per_class']['table']['IoU'] == pytest.approx(100 * 5 / 10)
+    assert result['mIoU'] == pytest.approx(100 * (10 / 15 + 5 / 10) / 2)
+    assert evaluate_group_oracle(HalvesModel(grouped=False), benchmark=bench) is None
 
 
 def error_of(fn):

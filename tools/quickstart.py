@@ -21,20 +21,16 @@ import time
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from datasets import build_img_transform, build_text_transform, build_train_data, build_val_loader  # noqa: E402
-from datasets import get_templates, tokenize  # noqa: E402
+from datasets import tokenize  # noqa: E402
 from models import build_model, training_loss  # noqa: E402
-from segmentation.evaluation import (benchmark_from_cfg, evaluate_background, evaluate_seg,  # noqa: E402
-                                     load_benchmark)
+from segmentation.evaluation import (benchmark_from_cfg, evaluate_background, evaluate_group_oracle,  # noqa: E402
+                                     evaluate_seg, load_benchmark)
 from tools.make_toy_data import make_toy_world  # noqa: E402
-from tools.toy_world import IGNORE_INDEX  # noqa: E402
 from utils.checkpoint import build_and_load, save_checkpoint  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.engine import batch_to_device  # noqa: E402
@@ -42,7 +38,7 @@ from utils.logging import setup_logger  # noqa: E402
 from utils.misc import seed_everything  # noqa: E402
 from utils.precision import Precision  # noqa: E402
 from utils.resume import epoch_checkpoints  # noqa: E402
-from utils.zero_shot import class_embeddings, class_prompts, run_cls_eval  # noqa: E402
+from utils.zero_shot import class_prompts, run_cls_eval  # noqa: E402
 
 TOY_BENCHMARK = osp.join(ROOT, 'segmentation/configs/_base_/datasets/toy.py')
 TOY_METHODS = osp.join(ROOT, 'configs/toy/methods.yml')
@@ -192,41 +188,11 @@ def segment(cfg, model, root, bg_thresh=None, split='val', **kw):
     return result
 
 
-@torch.no_grad()
 def group_oracle_miou(cfg, model, root, split='val'):
-    """mIoU when every final group of every image is labelled with the true class that owns most of its pixels
-    (how well the groups alone cut the toy scenes; None for a method without groups)."""
-    with open(osp.join(root, 'classes.json')) as f:
-        classes = json.load(f)
-    classes = classes['classes'] if isinstance(classes, dict) else classes
-    text = class_embeddings(model, list(classes), get_templates(cfg.evaluate.seg.get('template', 'simple')))
-    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
-    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
-    voc = osp.join(root, 'voc')
-    with open(osp.join(voc, 'ImageSets', 'Segmentation', f'{split}.txt')) as f:
-        ids = f.read().split()
-    K = len(classes) + 1
-    confusion = np.zeros((K, K), dtype=np.int64)
-    model.eval()
-    for image_id in ids:
-        image = np.asarray(Image.open(osp.join(voc, 'JPEGImages', f'{image_id}.jpg')).convert('RGB'))
-        label = np.asarray(Image.open(osp.join(voc, 'SegmentationClass', f'{image_id}.png'))).astype(np.int64)
-        x = (torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1)[None] - mean) / std
-        view = model.group_view(x, text, bg_thresh=0.0)
-        if view is None:
-            return None
-        final = view.maps[-1].permute(2, 0, 1)[None]
-        groups = F.interpolate(final, size=label.shape, mode='bilinear', align_corners=False)[0].argmax(0).numpy()
-        valid = label != IGNORE_INDEX
-        pred = np.zeros_like(label)
-        for g in np.unique(groups):
-            owned = (groups == g) & valid
-            if owned.any():
-                pred[groups == g] = np.bincount(label[owned], minlength=K).argmax()
-        confusion += np.bincount(K * label[valid] + pred[valid], minlength=K * K).reshape(K, K)
-    union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
-    present = union > 0
-    return float(100 * np.mean(np.diag(confusion)[present] / union[present]))
+    """mIoU when every final group is labelled with its majority true class (None for a method without groups)."""
+    bench = benchmark_from_cfg(cfg, [f'data_root={root}/voc'])
+    result = evaluate_group_oracle(model, benchmark=bench, split=split)
+    return None if result is None else result['mIoU']
 
 
 def untrained_model(cfg, methods, name):

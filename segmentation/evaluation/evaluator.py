@@ -1,8 +1,10 @@
 """Distributed zero-shot segmentation evaluation: mmseg dataset + DefaultSampler + ZeroShotSegmentor + IoU."""
 import os.path as osp
 import time
+from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from mmengine.dataset import DefaultSampler, pseudo_collate
 from mmengine.structures import PixelData
 from mmseg.models import SegDataPreProcessor
@@ -34,9 +36,18 @@ def build_segmentor(model, dataset, bench):
         return build_training_free_segmentor(model, dataset, bench)
     classes, with_bg = class_names(dataset)
     device = next(model.parameters()).device
-    text = class_embeddings(model, prompt_names(bench, classes, with_bg), get_templates(bench.test_cfg.template))
-    preprocessor = SegDataPreProcessor(**{k: v for k, v in bench.data_preprocessor.items() if k != 'type'})
-    return build_zero_shot_segmentor(model, text, with_bg, bench.test_cfg, data_preprocessor=preprocessor).to(device)
+    return build_zero_shot_segmentor(model, benchmark_text(model, bench, classes, with_bg), with_bg, bench.test_cfg,
+                                     data_preprocessor=data_preprocessor(bench)).to(device)
+
+
+def benchmark_text(model, bench, classes, with_bg):
+    """-> [N, C] text embeddings of the benchmark's foreground classes, with its prompt names and templates."""
+    return class_embeddings(model, prompt_names(bench, classes, with_bg), get_templates(bench.test_cfg.template))
+
+
+def data_preprocessor(bench):
+    """The benchmark's normalisation of the loaded images (mean/std, BGR->RGB)."""
+    return SegDataPreProcessor(**{k: v for k, v in bench.data_preprocessor.items() if k != 'type'})
 
 
 def _loader(dataset, bench):
@@ -104,12 +115,18 @@ def evaluate_seg(model, cfg, *, benchmark=None, dataset=None, overrides=(), spli
     bench = select_split(benchmark if benchmark is not None else benchmark_from_cfg(cfg, overrides), split)
     dataset = dataset if dataset is not None else build_benchmark_dataset(bench)
     model = getattr(model, 'module', model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         segmentor = build_segmentor(model, dataset, bench).eval()
         return run_benchmark(segmentor.test_step, dataset, bench, vis=vis, output_dir=output_dir,
                              progress=progress, desc=f'seg {bench.dataset.type}')
+
+
+@contextmanager
+def eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
     finally:
         model.train(was_training)
 
@@ -119,3 +136,41 @@ def evaluate_background(cfg=None, *, benchmark=None, dataset=None, overrides=(),
     bench = select_split(benchmark if benchmark is not None else benchmark_from_cfg(cfg, overrides), split)
     dataset = dataset if dataset is not None else build_benchmark_dataset(bench)
     return run_benchmark(_predict_background, dataset, bench, progress=progress, desc='seg background')
+
+
+def majority_labels(groups, label, ignore_index):
+    """groups: [H, W] group index of every pixel, label: [H, W] ground truth -> [H, W]: every group labelled with
+    the class that owns most of its labelled pixels (0 for a group with none)."""
+    valid = label != ignore_index
+    num_classes = int(label[valid].max()) + 1 if valid.any() else 1
+    counts = torch.zeros(int(groups.max()) + 1, num_classes, dtype=torch.long, device=label.device)
+    counts.index_put_((groups[valid], label[valid]), torch.ones_like(label[valid]), accumulate=True)
+    return counts.argmax(1)[groups]
+
+
+def evaluate_group_oracle(model, cfg=None, *, benchmark=None, dataset=None, overrides=(), split=None, progress=False):
+    """Metrics when every final group of every image is labelled with the ground-truth class that owns most of its
+    pixels: how well the groups alone cut the images, whatever their class scores (a ceiling for the method's
+    labelling); None for a method without groups (`group_view` gives None)."""
+    bench = select_split(benchmark if benchmark is not None else benchmark_from_cfg(cfg, overrides), split)
+    dataset = dataset if dataset is not None else build_benchmark_dataset(bench)
+    model = getattr(model, 'module', model)
+    classes, with_bg = class_names(dataset)
+    preprocessor = data_preprocessor(bench).to(next(model.parameters()).device)
+    with eval_mode(model), torch.no_grad():
+        text = benchmark_text(model, bench, classes, with_bg)
+        first = preprocessor(pseudo_collate([dataset[0]]), False)['inputs'][0]
+        if model.group_view(first[None], text, bg_thresh=0.0) is None:
+            return None
+
+        def group_labels(data):
+            batch = preprocessor(data, False)
+            for img, sample in zip(batch['inputs'], batch['data_samples']):
+                label = sample.gt_sem_seg.data[0]
+                final = model.group_view(img[None], text, bg_thresh=0.0).maps[-1].permute(2, 0, 1)[None]
+                groups = F.interpolate(final, size=label.shape, mode='bilinear', align_corners=False)[0].argmax(0)
+                pred = majority_labels(groups, label, dataset.ignore_index)
+                sample.set_data({'pred_sem_seg': PixelData(data=pred[None])})
+            return batch['data_samples']
+
+        return run_benchmark(group_labels, dataset, bench, progress=progress, desc='seg group oracle')
