@@ -96,20 +96,20 @@ def segment_in_browser(driver, url, image_path, names, bg_thresh, screenshot, ti
     return tuple(size), labels
 
 
-def test_app_segments_an_uploaded_image_in_chromium(tmp_path):
+def app_in_chromium(tmp_path, app_args, image_path, names, bg_thresh, groups=True):
+    """Start `demo/app.py APP_ARGS`, segment IMAGE_PATH with NAMES in Chromium -> (overlay size (w, h), labels text,
+    protocol text, screenshot path)."""
+    from selenium.webdriver.common.by import By
     assert os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER), \
         'Chromium is missing: run tests/setup_browser.sh (make test does)'
-    cfg, ckpt = sharp_checkpoint(tmp_path)
-    big = tmp_path / 'upload.png'
-    Image.fromarray(two_scene_image(toy_images(tmp_path / 'toy', count=2))).save(big)
-    proc, url = start_app(['--cfg', cfg, '--resume', ckpt, '--dataset', 'toy'], tmp_path / 'app.log')
+    proc, url = start_app(app_args, tmp_path / 'app.log')
     driver = None
+    screenshot = tmp_path / 'app_screenshot.png'
     try:
         wait_for(url, proc)
         driver = chromium(tmp_path / 'chromium-profile')
-        screenshot = tmp_path / 'app_screenshot.png'
-        size, labels = segment_in_browser(driver, url, str(big), 'circle, square, triangle, star, ring, cross, '
-                                          'heart, diamond', 0, screenshot)
+        size, labels = segment_in_browser(driver, url, str(image_path), names, bg_thresh, screenshot, groups=groups)
+        protocol = driver.find_element(By.CSS_SELECTOR, '#protocol textarea').get_attribute('value')
     finally:
         if driver is not None:
             driver.quit()
@@ -118,9 +118,42 @@ def test_app_segments_an_uploaded_image_in_chromium(tmp_path):
     print(f'app screenshot: {screenshot}')
     if os.environ.get('APP_SCREENSHOT'):
         shutil.copy(screenshot, os.environ['APP_SCREENSHOT'])
+    return size, labels, protocol, screenshot
+
+
+def names_found(labels):
+    return {line.split(':')[0] for line in labels.splitlines() if line.strip()}
+
+
+def test_app_segments_an_uploaded_image_in_chromium(tmp_path):
+    cfg, ckpt = sharp_checkpoint(tmp_path)
+    big = tmp_path / 'upload.png'
+    Image.fromarray(two_scene_image(toy_images(tmp_path / 'toy', count=2))).save(big)
+    size, labels, protocol, screenshot = app_in_chromium(
+        tmp_path, ['--cfg', cfg, '--resume', ckpt, '--dataset', 'toy'], big,
+        'circle, square, triangle, star, ring, cross, heart, diamond', 0)
     assert size == (256, 128)
-    found = [line.split(':')[0] for line in labels.splitlines() if line.strip()]
+    found = names_found(labels)
     assert len(found) > 1, labels
-    assert set(found) <= {'background', 'circle', 'square', 'triangle', 'star', 'ring', 'cross', 'heart', 'diamond'}
+    assert found <= {'background', 'circle', 'square', 'triangle', 'star', 'ring', 'cross', 'heart', 'diamond'}
+    assert 'toy' in protocol, protocol
     shot = np.asarray(Image.open(screenshot).convert('RGB'))
     assert shot.shape[0] > 500 and shot.std() > 10
+
+
+def test_app_runs_a_training_free_method_in_chromium(tmp_path):
+    """`--method sclip --dataset voc21` on an OpenAI-style CLIP file: SCLIP's published rule, typed names."""
+    from conftest import build_tiny, tiny_config_path
+    from reference_weights import openai_like_state_dict
+    from test_clip_backbone import write_traced_clip
+    clip = build_tiny('sclip').clip
+    clip.load_state_dict(openai_like_state_dict(clip.state_dict(), seed=3))
+    write_traced_clip(clip.eval(), str(tmp_path / 'tiny_openai.pt'))
+    upload = tmp_path / 'upload.png'
+    Image.fromarray(two_scene_image(toy_images(tmp_path / 'toy', count=2))).save(upload)
+    size, labels, protocol, _ = app_in_chromium(
+        tmp_path, ['--method', 'sclip', '--cfg', tiny_config_path('sclip'), '--resume', str(tmp_path / 'tiny_openai.pt'),
+                   '--dataset', 'voc21'], upload, 'dog, cat, sky', 0.2, groups=False)
+    assert size == (256, 128)
+    assert names_found(labels) and names_found(labels) <= {'background', 'dog', 'cat', 'sky'}, labels
+    assert 'protocol=SCLIP' in protocol and "'prob_thd': 0.2" in protocol and 'free (4 names' in protocol, protocol
