@@ -68,7 +68,7 @@ def test_forward_train_adds_the_weighted_word_loss():
     out1, out3 = one.forward_train(image, text), three.forward_train(image, text)
     assert torch.allclose(out1['loss'], out3['loss'])
     assert torch.allclose(3 * out1['word_loss'], out3['word_loss'])
-    assert out1['word_loss'] > 0 and math.isfinite(float(out1['word_loss']))
+    assert out1['word_loss'].item() > 0 and math.isfinite(out1['word_loss'].item())
     plain = _model(0.0).forward_train(image, caption)
     assert torch.allclose(plain['loss'], out1['loss']) and 'word_loss' not in plain
 
