@@ -29,7 +29,7 @@ from datasets import build_img_transform, build_text_transform, build_train_data
 from datasets import tokenize  # noqa: E402
 from models import build_model, training_loss  # noqa: E402
 from segmentation.evaluation import (benchmark_from_cfg, evaluate_background, evaluate_group_oracle,  # noqa: E402
-                                     evaluate_seg, load_benchmark)
+                                     evaluate_seg)
 from tools.make_toy_data import make_toy_world  # noqa: E402
 from utils.checkpoint import build_and_load, save_checkpoint  # noqa: E402
 from utils.config import load_config  # noqa: E402
@@ -176,22 +176,26 @@ def top1(cfg, model):
     return results[cfg.evaluate.cls.template]['acc1']
 
 
+def toy_benchmark(cfg, root, *opts):
+    """The run's segmentation benchmark (see toy_cfg) on the toy world at `root`, with extra 'key=value' opts."""
+    return benchmark_from_cfg(cfg, [f'data_root={root}/voc', *opts])
+
+
 def segment(cfg, model, root, bg_thresh=None, split='val', **kw):
     """mIoU on the toy set through main_seg.py's path (the run's evaluate.seg options); without bg_thresh it is
     chosen on the 'tune' split (never on 'val')."""
     if bg_thresh is None:
         scores = {b: segment(cfg, model, root, b, 'tune')['mIoU'] for b in BG_GRID}
         bg_thresh = max(scores, key=scores.get)
-    bench = benchmark_from_cfg(cfg, [f'data_root={root}/voc', f'test_cfg.bg_thresh={bg_thresh}'])
-    result = evaluate_seg(model, None, benchmark=bench, split=split, progress=False, **kw)
+    result = evaluate_seg(model, None, benchmark=toy_benchmark(cfg, root, f'test_cfg.bg_thresh={bg_thresh}'),
+                          split=split, progress=False, **kw)
     result['bg_thresh'] = bg_thresh
     return result
 
 
 def group_oracle_miou(cfg, model, root, split='val'):
     """mIoU when every final group is labelled with its majority true class (None for a method without groups)."""
-    bench = benchmark_from_cfg(cfg, [f'data_root={root}/voc'])
-    result = evaluate_group_oracle(model, benchmark=bench, split=split)
+    result = evaluate_group_oracle(model, benchmark=toy_benchmark(cfg, root), split=split)
     return None if result is None else result['mIoU']
 
 
@@ -214,7 +218,7 @@ def evaluate_method(name, methods, cfg, model, args, out, vis=4):
     seg_trained = segment(cfg, model, args.root, vis=vis, output_dir=out)
     untrained = untrained_model(cfg, methods, name)
     seg_untrained = segment(cfg, untrained, args.root)
-    background = evaluate_background(benchmark=load_benchmark(TOY_BENCHMARK, [f'data_root={args.root}/voc']))
+    background = evaluate_background(benchmark=toy_benchmark(cfg, args.root))
     results = {
         'method': name, 'trained_miou': seg_trained['mIoU'], 'untrained_miou': seg_untrained['mIoU'],
         'background_miou': background['mIoU'],
